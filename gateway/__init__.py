@@ -1,0 +1,1 @@
+"""The aiohttp gateway: ingest, analytics API, WebSocket fan-out, probes."""

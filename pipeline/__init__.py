@@ -1,0 +1,1 @@
+"""The Redis Streams runtime, its stages, and the `analytics` command line."""

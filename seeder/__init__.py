@@ -1,0 +1,1 @@
+"""Deterministic development data."""

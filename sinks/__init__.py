@@ -1,0 +1,1 @@
+"""What writes to the outside world: TimescaleDB and notification channels."""

@@ -1,0 +1,34 @@
+"""Connections to TimescaleDB built from settings, so no caller assembles credentials itself."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from schemas.settings import Settings
+
+__all__ = ["connect", "create_pool"]
+
+
+async def connect(settings: Settings, *, database: str | None = None) -> asyncpg.Connection:
+    """One connection; `database` overrides the configured one (`postgres` to create it)."""
+    return await asyncpg.connect(
+        host=settings.timescale_host,
+        port=settings.timescale_port,
+        user=settings.timescale_user,
+        password=settings.timescale_password or None,
+        database=database or settings.timescale_database,
+    )
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        host=settings.timescale_host,
+        port=settings.timescale_port,
+        user=settings.timescale_user,
+        password=settings.timescale_password or None,
+        database=settings.timescale_database,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+    )
+    assert pool is not None  # noqa: S101 - asyncpg types the pool as optional only for its __await__
+    return pool

@@ -1,0 +1,82 @@
+"""Shared fixtures. Tests talk to the real PostgreSQL (with TimescaleDB) and Redis located by
+`TEST_DATABASE_URL` and `TEST_REDIS_URL`; nothing here mocks either."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from schemas.settings import Settings
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/inergize_analytics_test"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def settings_for(database: str | None = None, **overrides: object) -> Settings:
+    """Settings pointing at the test servers; `database` picks another database on them."""
+    db = urlsplit(TEST_DATABASE_URL)
+    rd = urlsplit(TEST_REDIS_URL)
+    base = Settings.from_env({"APP_ENV": "test"})
+    return dataclasses.replace(
+        base,
+        timescale_host=db.hostname or "127.0.0.1",
+        timescale_port=db.port or 5432,
+        timescale_user=db.username or "postgres",
+        timescale_password=db.password or "",
+        timescale_database=database or db.path.lstrip("/"),
+        redis_host=rd.hostname or "127.0.0.1",
+        redis_port=rd.port or 6379,
+        redis_db=int(rd.path.lstrip("/") or 0),
+        **overrides,
+    )
+
+
+async def _admin() -> asyncpg.Connection:
+    s = settings_for()
+    return await asyncpg.connect(
+        host=s.timescale_host,
+        port=s.timescale_port,
+        user=s.timescale_user,
+        password=s.timescale_password or None,
+        database="postgres",
+    )
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return settings_for()
+
+
+ScratchDb = Callable[[], Awaitable[Settings]]
+
+
+@pytest.fixture
+async def scratch_db() -> AsyncIterator[ScratchDb]:
+    """Factory of empty databases, dropped after the test; for tests that need schema version 0."""
+    created: list[str] = []
+
+    async def make() -> Settings:
+        name = f"ia_scratch_{uuid.uuid4().hex[:12]}"
+        admin = await _admin()
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        created.append(name)
+        return settings_for(name)
+
+    yield make
+    admin = await _admin()
+    try:
+        for name in created:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
