@@ -80,3 +80,27 @@ async def scratch_db() -> AsyncIterator[ScratchDb]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def migrated() -> Settings:
+    """The test database at the newest schema version, created (with TimescaleDB) if missing."""
+    from migrations import runner
+    from sinks.db import connect
+
+    s = settings_for()
+    admin = await _admin()
+    try:
+        if not await admin.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", s.timescale_database
+        ):
+            await admin.execute(f'CREATE DATABASE "{s.timescale_database}"')
+    finally:
+        await admin.close()
+    conn = await connect(s)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        await runner.up(conn)
+    finally:
+        await conn.close()
+    return s

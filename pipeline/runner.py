@@ -1,0 +1,447 @@
+"""The consumer-group runtime: the only code that issues stream commands on the worker side.
+
+A `Runner` reads a group's streams with XREADGROUP in batches bounded by rows and wait time,
+reclaims entries that dead replicas left pending (XAUTOCLAIM after CLAIM_IDLE_MS), hands each
+batch to its `Handler`, and acknowledges only after the handler returned, i.e. after the
+handler's output is durable. What can happen to a batch:
+
+- the handler returns: its dead letters go to `ia:dlq`, then every entry is acknowledged;
+- the handler raises a transient error (`Transient`, connection loss, timeouts): the batch is
+  retried in memory with backoff, for as long as it takes, and its entries stay pending (their
+  idle time is refreshed so other replicas do not steal them); nothing is dropped;
+- the handler raises anything else: the batch is bisected until the failing entry is alone,
+  and that entry goes to the DLQ with the error as its reason;
+- an entry delivered more than MAX_DELIVERIES times (it crashed workers before) goes to the DLQ
+  without being handed to the handler.
+
+SIGTERM (via `stop()`): stop reading, finish the batch in hand, acknowledge, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline import metrics
+from schemas.settings import Settings
+from schemas.streams import DLQ_STREAM
+
+__all__ = ["DeadLetter", "Delivery", "Handler", "Runner", "Transient", "consumer_name"]
+
+log = logging.getLogger(__name__)
+
+# XREADGROUP BLOCK must stay well under the client's socket timeout (DESIGN.md section 8).
+MAX_BLOCK_MS: Final = 2000
+# Entries fetched per stream per XREADGROUP call; a batch may take several calls.
+READ_COUNT: Final = 200
+BACKOFF_FIRST_S: Final = 0.1
+BACKOFF_MAX_S: Final = 5.0
+TRIM_EVERY_S: Final = 5.0
+
+# Acknowledge and count acknowledged events in one step, so the gateway's backlog figure
+# (appended - acked) never counts an entry twice, even when a redelivery is acknowledged again.
+_ACK_SCRIPT: Final = """
+local acked = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], KEYS[2], ARGV[i]) == 1 then
+    acked = acked + tonumber(ARGV[i + 1])
+  end
+end
+if KEYS[3] ~= '' and acked > 0 then
+  redis.call('HINCRBY', KEYS[3], 'acked', acked)
+end
+return acked
+"""
+
+
+class Transient(Exception):
+    """A handler's dependency is temporarily unavailable: retry the same batch later."""
+
+    def __init__(self, message: str, retry_after: float = BACKOFF_FIRST_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    Transient,
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry as delivered to this consumer; `fields` in entry order."""
+
+    stream: str
+    entry_id: str
+    fields: list[tuple[bytes, bytes]]
+    deliveries: int = 1
+
+    @property
+    def weight(self) -> int:
+        """Events in the entry: the unit of BATCH_MAX_ROWS and of the backlog counter."""
+        return len(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Something a stage could not process, kept with the reason and the original payload."""
+
+    delivery: Delivery
+    reason: str
+    stage: str
+    payload: bytes = b""  # the one event's bytes; empty means the whole entry
+
+
+Handler = Callable[[list[Delivery]], Awaitable[list[DeadLetter]]]
+
+
+def consumer_name() -> str:
+    """Unique per process, readable in XINFO: host, pid and a random suffix for pid reuse."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Runner:
+    """Runs `handler` over `streams` as member `consumer` of `group`."""
+
+    redis: redis.Redis
+    settings: Settings
+    group: str
+    streams: Sequence[str]
+    handler: Handler
+    stage: str
+    backlog_keys: dict[str, str] = field(default_factory=dict)  # stream -> backlog hash
+    consumer: str = field(default_factory=consumer_name)
+    trim: bool = True
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self._ack = self.redis.register_script(_ACK_SCRIPT)
+        self._claim_cursor = dict.fromkeys(self.streams, "0-0")
+        self._last_trim = 0.0
+        self.batches = 0
+        self.entries = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def run(self) -> None:
+        await self.ensure_groups()
+        log.info(
+            "consumer started",
+            extra={"group": self.group, "consumer": self.consumer, "streams": len(self.streams)},
+        )
+        backoff = BACKOFF_FIRST_S
+        while not self._stopping.is_set():
+            try:
+                batch = await self._next_batch()
+                if batch:
+                    await self._process(batch)
+                if self.trim and time.monotonic() - self._last_trim > TRIM_EVERY_S:
+                    await self.trim_acknowledged()
+                backoff = BACKOFF_FIRST_S
+            except TRANSIENT_ERRORS as e:
+                metrics.STAGE_ERRORS.labels(self.stage, "redis").inc()
+                log.warning(
+                    "stream read failed, retrying",
+                    extra={"group": self.group, "error": repr(e), "retry_in_s": backoff},
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        log.info(
+            "consumer stopped",
+            extra={"group": self.group, "batches": self.batches, "entries": self.entries},
+        )
+        try:
+            async with asyncio.timeout(5):
+                await self._leave_group()
+        except (*TRANSIENT_ERRORS, ResponseError):  # type: ignore[misc]
+            log.warning("could not leave the group cleanly", extra={"group": self.group})
+
+    async def _leave_group(self) -> None:
+        """Remove this consumer from the group when it owns nothing, so XINFO shows live ones."""
+        for stream in self.streams:
+            pending = await self.redis.xpending_range(
+                stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            )
+            if not pending:
+                await self.redis.xgroup_delconsumer(stream, self.group, self.consumer)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _next_batch(self) -> list[Delivery]:
+        batch = await self._reclaim()
+        if batch:
+            return batch
+        max_rows = self.settings.batch_max_rows
+        wait_s = self.settings.batch_max_wait_ms / 1000
+        rows = 0
+        deadline: float | None = None
+        while rows < max_rows and not self._stopping.is_set():
+            if deadline is None:
+                block_ms = MAX_BLOCK_MS
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                block_ms = max(1, int(remaining * 1000))
+            reply = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                dict.fromkeys(self.streams, ">"),
+                count=READ_COUNT,
+                block=min(block_ms, MAX_BLOCK_MS),
+            )
+            got = _deliveries(reply, deliveries=1)
+            if not got:
+                if deadline is None:
+                    return batch  # idle: let the caller trim and check for shutdown
+                break
+            batch.extend(got)
+            rows += sum(d.weight for d in got)
+            if deadline is None:
+                deadline = time.monotonic() + wait_s
+        return batch
+
+    async def _reclaim(self) -> list[Delivery]:
+        """Take over entries idle longer than CLAIM_IDLE_MS, i.e. left by a dead replica."""
+        claimed: list[Delivery] = []
+        for stream in self.streams:
+            cursor, entries, *_ = await self.redis.xautoclaim(
+                stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id=self._claim_cursor[stream],
+                count=READ_COUNT,
+            )
+            self._claim_cursor[stream] = _text(cursor)
+            got = _deliveries([[stream, entries]], deliveries=0)
+            if not got:
+                continue
+            counts = await self._delivery_counts(stream, got)
+            claimed.extend(
+                Delivery(d.stream, d.entry_id, d.fields, counts.get(d.entry_id, 1)) for d in got
+            )
+        if claimed:
+            metrics.RECLAIMED.labels(self.group).inc(len(claimed))
+            log.info("reclaimed idle entries", extra={"group": self.group, "entries": len(claimed)})
+        return claimed
+
+    async def _delivery_counts(self, stream: str, got: list[Delivery]) -> dict[str, int]:
+        ids = sorted((d.entry_id for d in got), key=_id_key)
+        rows = await self.redis.xpending_range(
+            stream,
+            self.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 4 + 10,
+            consumername=self.consumer,
+        )
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}  # type: ignore[arg-type]
+
+    # -- processing -------------------------------------------------------------------------
+
+    async def _process(self, batch: list[Delivery]) -> None:
+        poison = [d for d in batch if d.deliveries > self.settings.max_deliveries]
+        live = [d for d in batch if d.deliveries <= self.settings.max_deliveries]
+        dead = [
+            DeadLetter(d, f"delivered {d.deliveries} times (MAX_DELIVERIES)", self.stage)
+            for d in poison
+        ]
+        started = time.perf_counter()
+        if live:
+            dead.extend(await self._handle_until_done(live))
+        await self._dead_letter(dead)
+        await self._acknowledge(batch)
+        metrics.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+        metrics.BATCH_ROWS.labels(self.stage).observe(sum(d.weight for d in batch))
+        self.batches += 1
+        self.entries += len(batch)
+
+    async def _handle_until_done(self, batch: list[Delivery]) -> list[DeadLetter]:
+        """Retry transient failures forever (keeping the entries ours); isolate poison."""
+        backoff = BACKOFF_FIRST_S
+        keepalive = asyncio.create_task(self._keep_claimed(batch))
+        try:
+            while True:
+                try:
+                    return await self.handler(batch)
+                except TRANSIENT_ERRORS as e:
+                    metrics.STAGE_ERRORS.labels(self.stage, "transient").inc()
+                    delay = max(backoff, getattr(e, "retry_after", 0.0))
+                    log.warning(
+                        "batch failed, will retry",
+                        extra={
+                            "stage": self.stage,
+                            "entries": len(batch),
+                            "error": repr(e),
+                            "retry_in_s": delay,
+                        },
+                    )
+                    await asyncio.sleep(delay)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                except Exception as e:
+                    metrics.STAGE_ERRORS.labels(self.stage, "poison").inc()
+                    if len(batch) == 1:
+                        log.error(
+                            "entry failed, dead-lettered",
+                            extra={"stage": self.stage, "entry": batch[0].entry_id},
+                            exc_info=True,
+                        )
+                        return [DeadLetter(batch[0], f"{type(e).__name__}: {e}", self.stage)]
+                    mid = len(batch) // 2
+                    left = await self._handle_until_done(batch[:mid])
+                    return left + await self._handle_until_done(batch[mid:])
+        finally:
+            keepalive.cancel()
+
+    async def _keep_claimed(self, batch: list[Delivery]) -> None:
+        """Reset the entries' idle time while we work on them, so XAUTOCLAIM leaves them be."""
+        period = self.settings.claim_idle_ms / 3000
+        by_stream: dict[str, list[int | bytes | str | memoryview[int]]] = {}
+        for d in batch:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                for stream, ids in by_stream.items():
+                    await self.redis.xclaim(
+                        stream,
+                        self.group,
+                        self.consumer,
+                        min_idle_time=0,
+                        message_ids=ids,
+                        justid=True,
+                    )
+            except TRANSIENT_ERRORS:
+                log.warning("could not refresh claimed entries", extra={"group": self.group})
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Before acknowledging: a crash in between re-delivers, so a DLQ entry may repeat."""
+        if not dead:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in dead:
+                d = item.delivery
+                entry: dict[Any, Any] = {
+                    "stream": d.stream,
+                    "entry_id": d.entry_id,
+                    "group": self.group,
+                    "stage": item.stage,
+                    "reason": item.reason[:2000],
+                    "deliveries": d.deliveries,
+                    "failed_at_ms": int(time.time() * 1000),
+                }
+                if item.payload:
+                    entry["payload"] = item.payload
+                else:
+                    for i, (k, v) in enumerate(d.fields):
+                        entry[f"f{i}:{_text(k)}"] = v
+                pipe.xadd(DLQ_STREAM, entry)  # type: ignore[unused-awaitable]
+            await pipe.execute()
+        metrics.DEAD_LETTERS.labels(self.stage).inc(len(dead))
+        log.warning("dead-lettered", extra={"stage": self.stage, "count": len(dead)})
+
+    async def _acknowledge(self, batch: list[Delivery]) -> None:
+        by_stream: dict[str, list[Delivery]] = {}
+        for d in batch:
+            by_stream.setdefault(d.stream, []).append(d)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, items in by_stream.items():
+                args: list[Any] = []
+                for d in items:
+                    args += [d.entry_id, d.weight]
+                keys = [stream, self.group, self.backlog_keys.get(stream, "")]
+                await self._ack(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+
+    # -- trimming ---------------------------------------------------------------------------
+
+    async def trim_acknowledged(self) -> None:
+        """Remove entries every group has acknowledged; never one that is still pending."""
+        self._last_trim = time.monotonic()
+        for stream in self.streams:
+            floor = await safe_trim_floor(self.redis, stream)
+            if floor is not None:
+                await self.redis.xtrim(stream, minid=floor, approximate=False)
+
+
+async def safe_trim_floor(client: redis.Redis, stream: str) -> str | None:
+    """Lowest id some group still needs: its oldest pending entry, else the entry after the
+    last one it was given. None when the stream has no group (then nothing may be trimmed)."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except ResponseError:
+        return None
+    if not groups:
+        return None
+    floors: list[str] = []
+    for g in groups:
+        name = _text(g["name"])
+        last = _text(g["last-delivered-id"])
+        summary = await client.xpending(stream, name)
+        if summary["pending"]:
+            floors.append(_text(summary["min"]))
+        else:
+            ms, seq = _id_key(last)
+            floors.append(f"{ms}-{seq + 1}")
+    return min(floors, key=_id_key)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _deliveries(reply: Any, *, deliveries: int) -> list[Delivery]:
+    out: list[Delivery] = []
+    for stream, entries in reply or []:
+        name = _text(stream)
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending: nothing left to process or keep
+                continue
+            items = list(fields.items()) if isinstance(fields, dict) else list(fields)
+            out.append(Delivery(name, _text(entry_id), items, deliveries))
+    return out

@@ -1,0 +1,104 @@
+"""The event contract: what producers POST, and what travels through the streams.
+
+`EventIn` is decoded at the gateway from JSON with msgspec, so a producer reads msgspec's
+own error path (`Expected int, got str - at $.value`) in the 400. `StreamEvent` is the
+compact msgpack form the gateway appends and the workers decode: an array, not a map, since
+field names repeated in every event would double the stream's memory.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Final, Literal, get_args
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_FUTURE_SKEW_S",
+    "MAX_PROPERTIES_BYTES",
+    "EventIn",
+    "EventType",
+    "StreamEvent",
+    "split_error",
+    "stream_event_decoder",
+    "stream_event_encoder",
+]
+
+EventType = Literal[
+    "profile_view",
+    "search_appearance",
+    "connection_added",
+    "connection_removed",
+    "post_published",
+    "post_impression",
+    "post_like",
+    "post_comment",
+    "post_share",
+    "profile_update",
+    "message_received",
+    "profile_snapshot",
+]
+EVENT_TYPES: Final[frozenset[str]] = frozenset(get_args(EventType))
+
+# Producers' clocks drift; beyond five minutes a future time is a bug, not skew.
+MAX_FUTURE_SKEW_S: Final = 300.0
+# Properties are context for the feed, not a document store; 8 KiB keeps one stream entry of
+# a 1000-event batch under ~10 MiB even in the worst case.
+MAX_PROPERTIES_BYTES: Final = 8192
+
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+# Increments are counts; a negative one would silently corrupt every sum downstream.
+Value = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+
+
+class EventIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One event as a producer sends it. Unknown fields are refused so typos surface at once."""
+
+    user_id: UserId
+    type: EventType
+    event_id: EventId | None = None
+    time: AwareTime | None = None
+    value: Value = 1.0
+    # Kept as raw JSON: it is stored as jsonb unchanged, so decoding it here would be wasted.
+    properties: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class StreamEvent(msgspec.Struct, frozen=True, array_like=True):
+    """One accepted event in a stream entry. Times are integer microseconds since the epoch."""
+
+    event_id: str
+    user_id: str
+    type: str
+    time_us: int
+    value: float
+    properties: bytes  # JSON text of an object, at most MAX_PROPERTIES_BYTES
+    received_us: int
+
+
+stream_event_encoder: Final = msgspec.msgpack.Encoder()
+stream_event_decoder: Final = msgspec.msgpack.Decoder(StreamEvent)
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]+)`)?$", re.DOTALL)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
+
+
+def split_error(
+    error: msgspec.DecodeError | msgspec.ValidationError, prefix: str = "$"
+) -> tuple[str, str]:
+    """(message, field path) from a msgspec error; `prefix` re-roots the path (`$[3]` in a batch).
+
+    A missing or unknown field is reported at its parent; the path here names the field itself.
+    """
+    text = str(error)
+    match = _AT.match(text)
+    message = match.group("message") if match else text
+    path = (match.group("path") if match else None) or "$"
+    named = _MISSING.search(message) or _UNKNOWN.search(message)
+    if named:
+        path = f"{path}.{named.group('name')}"
+    return message, prefix + path[1:]
