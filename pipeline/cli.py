@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("up", help="migrate, then run the gateway and every stage in one process")
     sub.add_parser("gateway", help="run the HTTP and WebSocket gateway only")
+    sub.add_parser("worker", help="run the consumer-group stages only (any number side by side)")
 
     migrate = sub.add_parser("migrate", help="database schema migrations")
     msub = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -109,10 +110,10 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(settings: Settings, *, migrate_first: bool) -> int:
+async def _serve(settings: Settings, command: str) -> int:
     from pipeline.serve import serve
 
-    if migrate_first:
+    if command == "up":
         from migrations import runner
         from sinks.db import connect
 
@@ -122,7 +123,7 @@ async def _serve(settings: Settings, *, migrate_first: bool) -> int:
         finally:
             await conn.close()
         log.info("migrations applied", extra={"count": len(applied)})
-    await serve(settings)
+    await serve(settings, gateway=command in ("up", "gateway"), worker=command in ("up", "worker"))
     return 0
 
 
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _services(settings, args.action)
         if args.command == "token":
             return _token(settings, args)
-        return asyncio.run(_serve(settings, migrate_first=args.command == "up"))
+        return asyncio.run(_serve(settings, args.command))
     except AnalyticsError as e:
         print(f"analytics: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""Run the long-lived processes until SIGTERM or SIGINT, then shut down in phases."""
+"""Run the long-lived processes until SIGTERM or SIGINT, then shut down in phases:
+stop reading, finish and acknowledge the batch in hand, close sockets, exit 0."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 from aiohttp import web
 
 from gateway.app import create_app
+from pipeline.worker import run_worker
 from schemas.settings import Settings
 
 __all__ = ["serve"]
@@ -19,24 +21,33 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, gateway: bool, worker: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(
-        create_app(settings), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None
-    )
-    await runner.setup()
-    try:
+    runner: web.AppRunner | None = None
+    if gateway:
+        runner = web.AppRunner(
+            create_app(settings), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None
+        )
+        await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
         await site.start()
         log.info(
             "gateway listening", extra={"host": settings.http_host, "port": settings.http_port}
         )
-        await stop.wait()
+    try:
+        if worker:
+            # A worker beside a gateway shares the gateway's /metrics; alone it serves its own.
+            await run_worker(
+                settings, stop, metrics_port=None if gateway else settings.metrics_port
+            )
+        else:
+            await stop.wait()
         log.info("shutdown requested")
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         log.info("stopped")

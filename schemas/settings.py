@@ -150,6 +150,8 @@ class Settings:
     batch_max_wait_ms: int = _setting(200, _int(1, 60_000))
     claim_idle_ms: int = _setting(30_000, _int(100, 3_600_000))
     max_deliveries: int = _setting(5, _int(1, 1000))
+    # Runners per worker process: one stores a batch while the other reads and decodes the next.
+    worker_concurrency: int = _setting(2, _int(1, 64))
     ingest_max_backlog: int = _setting(1_000_000, _int(1, 1_000_000_000))
     ingest_max_batch: int = _setting(1000, _int(1, 100_000))
     ingest_max_bytes: int = _setting(1_048_576, _int(1024, 1_073_741_824))

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-import asyncpg
-
 from schemas.influence import influence_score
 from schemas.metrics import CURRENT_WINDOW_DAYS
+from sinks.db import Conn
 
 __all__ = ["CurrentValues", "current_values"]
 
@@ -85,9 +84,7 @@ LEFT JOIN engagement e USING (user_id)
 """
 
 
-async def current_values(
-    conn: asyncpg.Connection, user_ids: Sequence[str], at: datetime
-) -> CurrentValues:
+async def current_values(conn: Conn, user_ids: Sequence[str], at: datetime) -> CurrentValues:
     """Every catalogue metric for each user in `user_ids`, with windows ending at `at`."""
     if not user_ids:
         return {}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from schemas.settings import Settings
 
-__all__ = ["connect", "create_pool"]
+__all__ = ["Conn", "connect", "create_pool"]
 
 
 async def connect(settings: Settings, *, database: str | None = None) -> asyncpg.Connection:
@@ -32,3 +33,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     )
     assert pool is not None  # noqa: S101 - asyncpg types the pool as optional only for its __await__
     return pool
+
+
+# What a pool hands out behaves as a connection; accept both wherever a connection is used.
+Conn = asyncpg.Connection | PoolConnectionProxy

@@ -18,6 +18,8 @@ from typing import Any, Final
 import asyncpg
 from prometheus_client import Counter, Histogram
 
+from sinks.db import Conn
+
 __all__ = ["COPY_SECONDS", "ROWS_WRITTEN", "TABLE_COLUMNS", "WriteResult", "write_batch"]
 
 log = logging.getLogger(__name__)
@@ -77,9 +79,7 @@ class WriteResult:
     deduplicated: bool  # True when the staging path ran
 
 
-async def write_batch(
-    conn: asyncpg.Connection, rows: Mapping[str, Sequence[tuple[Any, ...]]]
-) -> WriteResult:
+async def write_batch(conn: Conn, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> WriteResult:
     """Store `rows` (table -> records in TABLE_COLUMNS order) atomically."""
     started = time.perf_counter()
     try:
@@ -102,7 +102,7 @@ async def write_batch(
 
 
 async def _write_skipping_duplicates(
-    conn: asyncpg.Connection, rows: Mapping[str, Sequence[tuple[Any, ...]]]
+    conn: Conn, rows: Mapping[str, Sequence[tuple[Any, ...]]]
 ) -> dict[str, int]:
     written: dict[str, int] = {}
     async with conn.transaction():

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,7 +21,7 @@ TEST_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def settings_for(database: str | None = None, **overrides: object) -> Settings:
+def settings_for(database: str | None = None, **overrides: Any) -> Settings:
     """Settings pointing at the test servers; `database` picks another database on them."""
     db = urlsplit(TEST_DATABASE_URL)
     rd = urlsplit(TEST_REDIS_URL)

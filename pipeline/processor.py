@@ -1,0 +1,89 @@
+"""The `processor` group's handler: validate -> enrich -> store -> publish metric changes.
+
+Everything before `write_batch` commits is pure or read-only; everything after it may be
+repeated safely (a retry re-runs the batch: the writer skips rows already stored, the current
+values are recomputed from the database, the metrics entry is published again), so the runner
+can acknowledge only after this handler returns.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import orjson
+import redis.asyncio as redis
+
+from pipeline.runner import DeadLetter, Delivery
+from pipeline.stages.enrich import read_scores, write_scores
+from pipeline.stages.store import rows_for, to_datetime
+from pipeline.stages.validate import ValidEvent, validate
+from schemas.metrics import metrics_changed_by
+from schemas.streams import METRICS_STREAM
+from sinks.current_values import current_values
+from sinks.timescale import write_batch
+
+__all__ = ["Processor", "metric_updates"]
+
+STAGE: Final = "store"
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def metric_updates(
+    events: list[ValidEvent], values: dict[str, dict[str, float | None]], committed_at: datetime
+) -> list[dict[str, Any]]:
+    """One update per (user, metric) the batch changed, carrying the new current value."""
+    changed: dict[str, set[str]] = defaultdict(set)
+    newest: dict[str, int] = {}
+    for v in events:
+        e = v.event
+        changed[e.user_id] |= metrics_changed_by(e.type)
+        newest[e.user_id] = max(newest.get(e.user_id, 0), e.time_us)
+    committed = _iso(committed_at)
+    updates = []
+    for user, names in changed.items():
+        current = values.get(user, {})
+        as_of = _iso(to_datetime(newest[user]))
+        for name in sorted(names):
+            updates.append(
+                {
+                    "userId": user,
+                    "metric": name,
+                    "value": current.get(name),
+                    "asOf": as_of,
+                    "committedAt": committed,
+                }
+            )
+    return updates
+
+
+@dataclass
+class Processor:
+    redis: redis.Redis
+    pool: asyncpg.Pool
+
+    async def __call__(self, batch: list[Delivery]) -> list[DeadLetter]:
+        valid, dead = validate(batch)
+        if not valid:
+            return dead
+        users = sorted({v.event.user_id for v in valid})
+        scores = await read_scores(self.redis, users)
+        async with self.pool.acquire() as conn:
+            await write_batch(conn, rows_for(valid, scores))
+            committed_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            values = await current_values(conn, users, committed_at)
+        version_us = int(committed_at.timestamp() * 1_000_000)
+        influence = {
+            u: score for u, v in values.items() if (score := v.get("influenceScore")) is not None
+        }
+        await write_scores(self.redis, influence, version_us)
+        updates = metric_updates(valid, values, committed_at)
+        if updates:
+            await self.redis.xadd(METRICS_STREAM, {"v": 1, "updates": orjson.dumps(updates)})
+        return dead

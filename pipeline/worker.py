@@ -1,0 +1,90 @@
+"""Worker processes: the consumer groups' runners, their connections, their metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+
+import redis.asyncio as redis
+from prometheus_client import start_http_server
+
+from pipeline.processor import Processor
+from pipeline.runner import Runner
+from schemas.settings import Settings
+from schemas.streams import PROCESSOR_GROUP, backlog_key, events_stream
+from sinks.db import create_pool
+
+__all__ = ["open_redis", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+# Long enough to finish and commit the batch in hand; shorter than compose's grace period.
+FINISH_BATCH_SECONDS = 20.0
+
+
+def open_redis(settings: Settings, *, max_connections: int = 32) -> redis.Redis:
+    pool = redis.BlockingConnectionPool(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        max_connections=max_connections,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        timeout=10,
+    )
+    return redis.Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, metrics_port: int | None = None
+) -> None:
+    """Run WORKER_CONCURRENCY processor runners until `stop` is set, then finish and return."""
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
+    async with AsyncExitStack() as stack:
+        client = open_redis(settings)
+        stack.push_async_callback(client.aclose)
+        pool = await create_pool(settings)
+        stack.push_async_callback(pool.close)
+        streams = [events_stream(p) for p in range(settings.stream_partitions)]
+        processor = Processor(client, pool)
+        runners = [
+            Runner(
+                redis=client,
+                settings=settings,
+                group=PROCESSOR_GROUP,
+                streams=streams,
+                handler=processor,
+                stage="processor",
+                backlog_keys={s: backlog_key(p) for p, s in enumerate(streams)},
+                trim=i == 0,
+            )
+            for i in range(settings.worker_concurrency)
+        ]
+        tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for r in runners:
+            r.stop()
+        try:
+            async with asyncio.timeout(FINISH_BATCH_SECONDS):
+                await asyncio.gather(*tasks)
+        except TimeoutError:
+            log.error("batch not finished in time; its entries stay pending for another replica")
+            for t in tasks:
+                t.cancel()
+        stopper.cancel()
+        failures = [
+            e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
+        ]
+        if failures:
+            raise failures[0]
+        log.info(
+            "worker stopped",
+            extra={
+                "batches": sum(r.batches for r in runners),
+                "entries": sum(r.entries for r in runners),
+            },
+        )
