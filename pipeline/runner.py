@@ -170,6 +170,14 @@ class Runner:
                 if self.trim and time.monotonic() - self._last_trim > TRIM_EVERY_S:
                     await self.trim_acknowledged()
                 backoff = BACKOFF_FIRST_S
+            except ResponseError as e:
+                # The stream or group was deleted under us (FLUSHDB, an operator's DEL):
+                # recreate them rather than die; anything else is a bug worth surfacing.
+                if not str(e).startswith(("NOGROUP", "UNBLOCKED")):
+                    raise
+                log.warning("stream or group vanished, recreating", extra={"error": str(e)})
+                await self._sleep(backoff)
+                await self.ensure_groups()
             except TRANSIENT_ERRORS as e:
                 metrics.STAGE_ERRORS.labels(self.stage, "redis").inc()
                 log.warning(

@@ -162,3 +162,23 @@ async def test_acknowledged_entries_are_trimmed_pending_ones_are_not(
     assert floor is not None
     await client.xtrim(stream, minid=floor, approximate=False)
     assert await client.xlen(stream) == 1
+
+
+async def test_worker_survives_its_streams_being_deleted_under_it(
+    env: tuple[Settings, redis.Redis, asyncpg.Connection],
+) -> None:
+    s, client, conn = env
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(s, stop))
+    try:
+        await asyncio.sleep(0.5)  # blocked in XREADGROUP by now
+        await client.flushdb()
+        await append(client, s, [make_event(user, "profile_view")])
+        async with asyncio.timeout(15):
+            while await _count(conn, "real_time_events", user) == 0:
+                await asyncio.sleep(0.05)
+        assert not task.done()
+    finally:
+        stop.set()
+        await task
