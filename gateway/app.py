@@ -2,17 +2,90 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+from collections.abc import AsyncIterator
 
-from gateway import health
-from gateway.keys import SETTINGS
+import asyncpg
+from aiohttp import web
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from gateway import health, ingest
+from gateway.appender import Appender, HiredisPackingConnection
+from gateway.errors import error_middleware
+from gateway.keys import APPENDER, DB_POOL, REDIS, SETTINGS
 from schemas.settings import Settings
+from sinks import db
 
 __all__ = ["create_app"]
 
+# Concurrent Redis calls of one process: group commit needs few, the rest is headroom. The
+# blocking pool makes callers past it wait instead of failing with MaxConnectionsError.
+_REDIS_MAX_CONNECTIONS = 32
+# Longer than any command we send (no XREAD BLOCK here), short enough to surface a dead server.
+_REDIS_SOCKET_TIMEOUT_S = 10.0
+
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.ingest_max_bytes)
+    app = web.Application(client_max_size=settings.ingest_max_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app.add_routes(health.routes)
+    app.add_routes(ingest.routes)
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_db_ctx)
     return app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client and the appender; nothing connects until the first request needs it,
+    so /health answers while Redis is down."""
+    settings = app[SETTINGS]
+    pool = BlockingConnectionPool(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        max_connections=_REDIS_MAX_CONNECTIONS,
+        timeout=_REDIS_SOCKET_TIMEOUT_S,
+        socket_timeout=_REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=_REDIS_SOCKET_TIMEOUT_S,
+        decode_responses=False,
+        connection_class=HiredisPackingConnection,
+    )
+    redis = Redis.from_pool(pool)
+    appender = Appender(redis, settings)
+    app[REDIS] = redis
+    app[APPENDER] = appender
+    try:
+        yield
+    finally:
+        try:
+            await appender.close()
+        finally:
+            await redis.aclose()
+
+
+async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A TimescaleDB pool opened on first use (today only `?wait=true` needs it), so ingest
+    keeps working while the database is down; closed at shutdown if it was opened."""
+    settings = app[SETTINGS]
+    opening: asyncio.Task[asyncpg.Pool] | None = None
+
+    async def get_pool() -> asyncpg.Pool:
+        nonlocal opening
+        if opening is None or (
+            opening.done() and (opening.cancelled() or opening.exception() is not None)
+        ):
+            opening = asyncio.create_task(db.create_pool(settings))
+        # Shielded: a caller that times out must not cancel a pool half-way open for others.
+        return await asyncio.shield(opening)
+
+    app[DB_POOL] = get_pool
+    try:
+        yield
+    finally:
+        if opening is not None:
+            if not opening.done():
+                opening.cancel()
+                await asyncio.wait([opening])
+            if not opening.cancelled() and opening.exception() is None:
+                await opening.result().close()

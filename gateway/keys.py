@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Awaitable, Callable
 
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.appender import Appender
 from schemas.settings import Settings
 
-__all__ = ["SETTINGS"]
+__all__ = ["APPENDER", "DB_POOL", "REDIS", "SETTINGS", "PoolGetter"]
 
 SETTINGS = web.AppKey("settings", Settings)
+# One client (a BlockingConnectionPool) per process, shared by every route group.
+REDIS = web.AppKey("redis", Redis)
+# The group-commit appender of this process; see gateway/appender.py.
+APPENDER = web.AppKey("appender", Appender)
+
+# The pool opens on first use, so the gateway starts and ingests while TimescaleDB is down;
+# only the routes that read the database wait for it.
+PoolGetter = Callable[[], Awaitable[asyncpg.Pool]]
+DB_POOL: web.AppKey[PoolGetter] = web.AppKey("db_pool")

@@ -1,0 +1,1 @@
+"""Benchmarks and load harnesses; loopback only, bounded, stop by themselves."""
