@@ -29,6 +29,7 @@ SNAPSHOT_FIELDS: Final[dict[str, tuple[float, float]]] = {
     "profile_completeness": (0, 100),
 }
 _WHOLE_SNAPSHOT_FIELDS: Final = frozenset({"profile_views", "connections", "followers"})
+_EMPTY: Final[dict[str, Any]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ def validate(batch: list[Delivery]) -> tuple[list[ValidEvent], list[DeadLetter]]
         for _, payload in d.fields:
             try:
                 event = stream_event_decoder.decode(payload)
-                props = orjson.loads(event.properties)
+                # Most events carry no properties; skip the parse for them.
+                props = _EMPTY if event.properties == b"{}" else orjson.loads(event.properties)
             except (msgspec.DecodeError, orjson.JSONDecodeError) as e:
                 dead.append(DeadLetter(d, f"undecodable event: {e}", STAGE, payload))
                 continue
