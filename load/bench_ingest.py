@@ -311,6 +311,27 @@ async def post_batches(
     return latencies
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far per process kind on this machine, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        kind = next(
+            (k for k in ("postgres", "redis", "gateway", "worker", "bench_ingest") if k in cmd),
+            None,
+        )
+        if kind:
+            out[kind] = out.get(kind, 0.0) + used
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -324,6 +345,7 @@ async def pipeline_end_to_end(
     cli = [sys.executable, "-m", "pipeline.cli"]
     with process([*cli, "gateway"], app_env(s)), process([*cli, "worker"], app_env(s)):
         await wait_http(HTTP_PORT)
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         latencies = await post_batches(events, token, concurrency=8)
         posted = time.perf_counter()
@@ -331,6 +353,11 @@ async def pipeline_end_to_end(
         while (n := await count_rows(s)) < len(events) and time.perf_counter() < deadline:
             await asyncio.sleep(0.02)
         finished = time.perf_counter()
+        cpu_after = cpu_seconds()
+    print(f"  (b) CPU per event over {finished - started:.2f} s:", flush=True)
+    for kind, total in sorted(cpu_after.items(), key=lambda kv: -kv[1]):
+        used = total - cpu_before.get(kind, 0.0)
+        print(f"      {kind:<12} {used:6.2f} s  {used / len(events) * 1e6:5.1f} us", flush=True)
     if n < len(events):
         raise RuntimeError(f"only {n} of {len(events)} rows committed within {limit_s}s")
     return {
