@@ -26,7 +26,7 @@ from schemas.streams import METRICS_STREAM
 from sinks.current_values import current_values
 from sinks.timescale import write_batch
 
-__all__ = ["Processor", "metric_updates"]
+__all__ = ["Processor", "metric_updates", "touched"]
 
 STAGE: Final = "store"
 
@@ -63,6 +63,21 @@ def metric_updates(
     return updates
 
 
+def touched(events: list[ValidEvent]) -> dict[str, list[int]]:
+    """Per user, the first and last event time (us) of the batch: what the rollups recompute."""
+    spans: dict[str, list[int]] = {}
+    for v in events:
+        e = v.event
+        span = spans.get(e.user_id)
+        if span is None:
+            spans[e.user_id] = [e.time_us, e.time_us]
+        elif e.time_us < span[0]:
+            span[0] = e.time_us
+        elif e.time_us > span[1]:
+            span[1] = e.time_us
+    return spans
+
+
 @dataclass
 class Processor:
     redis: redis.Redis
@@ -84,6 +99,8 @@ class Processor:
         }
         await write_scores(self.redis, influence, version_us)
         updates = metric_updates(valid, values, committed_at)
-        if updates:
-            await self.redis.xadd(METRICS_STREAM, {"v": 1, "updates": orjson.dumps(updates)})
+        await self.redis.xadd(
+            METRICS_STREAM,
+            {"v": 1, "updates": orjson.dumps(updates), "touched": orjson.dumps(touched(valid))},
+        )
         return dead

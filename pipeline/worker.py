@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from typing import Final
 
 import redis.asyncio as redis
 from prometheus_client import start_http_server
 
 from pipeline.processor import Processor
 from pipeline.runner import Runner
+from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
 from schemas.settings import Settings
-from schemas.streams import PROCESSOR_GROUP, backlog_key, events_stream
+from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, backlog_key, events_stream
 from sinks.db import create_pool
+from sinks.rollups import edition
 
-__all__ = ["open_redis", "run_worker"]
+__all__ = ["ALL_GROUPS", "open_redis", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,18 @@ def open_redis(settings: Settings, *, max_connections: int = 32) -> redis.Redis:
     return redis.Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
 
+ALL_GROUPS: Final = (PROCESSOR_GROUP, ROLLUP_GROUP)
+
+
 async def run_worker(
-    settings: Settings, stop: asyncio.Event, *, metrics_port: int | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    metrics_port: int | None = None,
+    groups: Sequence[str] = ALL_GROUPS,
 ) -> None:
-    """Run WORKER_CONCURRENCY processor runners until `stop` is set, then finish and return."""
+    """Run the groups' runners (WORKER_CONCURRENCY for `processor`) until `stop` is set, then
+    let each finish its batch and return."""
     if metrics_port is not None:
         start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
     async with AsyncExitStack() as stack:
@@ -48,21 +60,42 @@ async def run_worker(
         stack.push_async_callback(client.aclose)
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
-        streams = [events_stream(p) for p in range(settings.stream_partitions)]
-        processor = Processor(client, pool)
-        runners = [
-            Runner(
-                redis=client,
-                settings=settings,
-                group=PROCESSOR_GROUP,
-                streams=streams,
-                handler=processor,
-                stage="processor",
-                backlog_keys={s: backlog_key(p) for p, s in enumerate(streams)},
-                trim=i == 0,
-            )
-            for i in range(settings.worker_concurrency)
-        ]
+        runners: list[Runner] = []
+        if PROCESSOR_GROUP in groups:
+            streams = [events_stream(p) for p in range(settings.stream_partitions)]
+            processor = Processor(client, pool)
+            runners += [
+                Runner(
+                    redis=client,
+                    settings=settings,
+                    group=PROCESSOR_GROUP,
+                    streams=streams,
+                    handler=processor,
+                    stage="processor",
+                    backlog_keys={s: backlog_key(p) for p, s in enumerate(streams)},
+                    trim=i == 0,
+                )
+                for i in range(settings.worker_concurrency)
+            ]
+        if ROLLUP_GROUP in groups:
+            async with pool.acquire() as conn:
+                full_edition = await edition(conn) == "timescale"
+            if full_edition:
+                log.info("continuous aggregates maintain the rollups; rollup group not started")
+            else:
+                # ia:metrics is also the gateways' replay log for resuming dashboards, so this
+                # group never trims it.
+                runners.append(
+                    Runner(
+                        redis=client,
+                        settings=settings,
+                        group=ROLLUP_GROUP,
+                        streams=[METRICS_STREAM],
+                        handler=RollupStage(pool),
+                        stage="rollup",
+                        trim=False,
+                    )
+                )
         tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
