@@ -25,7 +25,7 @@ from sinks.db import connect
 from sinks.rollups import ROLLUPS, edition
 from tests.streams_helpers import append, make_event
 
-PROFILE_COLUMNS = (
+PROFILE_COLUMNS: tuple[str, ...] = (
     "profile_views",
     "search_appearances",
     "connections_added",
@@ -37,7 +37,7 @@ PROFILE_COLUMNS = (
     "profile_completeness",
     "events",
 )
-ENGAGEMENT_COLUMNS = (
+ENGAGEMENT_COLUMNS: tuple[str, ...] = (
     "posts_published",
     "impressions",
     "likes",
