@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import orjson
+
 from schemas.errors import AnalyticsError, SettingsError
 from schemas.settings import Settings, parse_duration
 
@@ -28,7 +30,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("up", help="migrate, then run the gateway and every stage in one process")
     sub.add_parser("gateway", help="run the HTTP and WebSocket gateway only")
-    sub.add_parser("worker", help="run the consumer-group stages only (any number side by side)")
+    worker = sub.add_parser(
+        "worker", help="run consumer-group stages only (any number side by side)"
+    )
+    worker.add_argument(
+        "--groups",
+        default="processor,rollup",
+        help="comma-separated consumer groups to run (default: processor,rollup)",
+    )
 
     migrate = sub.add_parser("migrate", help="database schema migrations")
     msub = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -46,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     ssub.add_parser("up", help="install what is missing, start, create role and database")
     ssub.add_parser("down", help="stop the local PostgreSQL cluster and Redis")
     ssub.add_parser("status", help="report what runs and the TimescaleDB edition")
+
+    seed = sub.add_parser("seed", help="development data (refused when APP_ENV=production)")
+    seed.add_argument("action", nargs="?", choices=("load", "status", "clear"), default="load")
+    seed.add_argument("--users", type=int, default=5)
+    seed.add_argument("--days", type=int, default=30)
+    seed.add_argument("--seed", type=int, default=7)
+
+    maintenance = sub.add_parser("maintenance", help="retention, derived aggregations, report")
+    maintenance.add_argument("action", choices=("run", "report"))
 
     token = sub.add_parser("token", help="mint a development JWT")
     token.add_argument("--user", required=True)
@@ -99,6 +117,53 @@ def _services(settings: Settings, action: str) -> int:
     return 0
 
 
+async def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from seeder.generate import clear, seed, seed_status
+    from sinks.db import connect
+
+    if settings.app_env == "production" and args.action != "status":
+        print("analytics: seeding is refused when APP_ENV=production", file=sys.stderr)
+        return 1
+    if not (1 <= args.users <= 100_000 and 1 <= args.days <= 3650):
+        print("analytics: --users must be 1-100000 and --days 1-3650", file=sys.stderr)
+        return 2
+    conn = await connect(settings)
+    try:
+        if args.action == "status":
+            print(orjson.dumps(await seed_status(conn), option=orjson.OPT_INDENT_2).decode())
+        elif args.action == "clear":
+            print(orjson.dumps(await clear(conn), option=orjson.OPT_INDENT_2).decode())
+        else:
+            report = await seed(
+                conn, users=args.users, days=args.days, seed=args.seed, progress=args.users >= 50
+            )
+            total = sum(report.rows.values())
+            print(
+                f"seeded {len(report.users)} users x {report.days} days: {total:,} rows "
+                f"in {report.seconds:.1f} s {report.rows}"
+            )
+    finally:
+        await conn.close()
+    return 0
+
+
+async def _maintenance(settings: Settings, action: str) -> int:
+    from pipeline import maintenance
+    from sinks.db import connect
+
+    conn = await connect(settings)
+    try:
+        out = (
+            await maintenance.run(conn, settings)
+            if action == "run"
+            else await maintenance.report(conn)
+        )
+    finally:
+        await conn.close()
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.auth import mint_token
 
@@ -110,7 +175,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(settings: Settings, command: str) -> int:
+async def _serve(settings: Settings, command: str, groups: tuple[str, ...]) -> int:
     from pipeline.serve import serve
 
     if command == "up":
@@ -123,7 +188,12 @@ async def _serve(settings: Settings, command: str) -> int:
         finally:
             await conn.close()
         log.info("migrations applied", extra={"count": len(applied)})
-    await serve(settings, gateway=command in ("up", "gateway"), worker=command in ("up", "worker"))
+    await serve(
+        settings,
+        gateway=command in ("up", "gateway"),
+        worker=command in ("up", "worker"),
+        groups=groups,
+    )
     return 0
 
 
@@ -145,7 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _services(settings, args.action)
         if args.command == "token":
             return _token(settings, args)
-        return asyncio.run(_serve(settings, args.command))
+        if args.command == "seed":
+            return asyncio.run(_seed(settings, args))
+        if args.command == "maintenance":
+            return asyncio.run(_maintenance(settings, args.action))
+        groups = tuple(g.strip() for g in getattr(args, "groups", "processor,rollup").split(","))
+        unknown = set(groups) - {"processor", "rollup"}
+        if unknown:
+            print(f"analytics: unknown group(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        return asyncio.run(_serve(settings, args.command, groups))
     except AnalyticsError as e:
         print(f"analytics: {e}", file=sys.stderr)
         return 1

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from gateway.app import create_app
-from pipeline.worker import run_worker
+from pipeline.worker import ALL_GROUPS, run_worker
 from schemas.settings import Settings
 
 __all__ = ["serve"]
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-async def serve(settings: Settings, *, gateway: bool, worker: bool) -> None:
+async def serve(
+    settings: Settings, *, gateway: bool, worker: bool, groups: Sequence[str] = ALL_GROUPS
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,7 +45,10 @@ async def serve(settings: Settings, *, gateway: bool, worker: bool) -> None:
         if worker:
             # A worker beside a gateway shares the gateway's /metrics; alone it serves its own.
             await run_worker(
-                settings, stop, metrics_port=None if gateway else settings.metrics_port
+                settings,
+                stop,
+                metrics_port=None if gateway else settings.metrics_port,
+                groups=groups,
             )
         else:
             await stop.wait()

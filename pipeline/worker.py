@@ -11,6 +11,7 @@ from typing import Final
 import redis.asyncio as redis
 from prometheus_client import start_http_server
 
+from pipeline.maintenance import run_scheduled
 from pipeline.processor import Processor
 from pipeline.runner import Runner
 from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
@@ -97,6 +98,7 @@ async def run_worker(
                     )
                 )
         tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
+        maintenance = asyncio.create_task(run_scheduled(settings, client, stop))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for r in runners:
@@ -109,6 +111,7 @@ async def run_worker(
             for t in tasks:
                 t.cancel()
         stopper.cancel()
+        maintenance.cancel()
         failures = [
             e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
         ]

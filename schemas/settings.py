@@ -141,6 +141,18 @@ class Settings:
     ws_port: int = _setting(3007, _PORT)
     # Milliseconds, as the existing dashboards configure it.
     ws_heartbeat_interval: int = _setting(30000, _int(1000, 600_000))
+    # Largest client message read; up to 4x is refused with an error frame, beyond it the
+    # socket closes with 1009 at once. Client messages are small JSON commands.
+    ws_max_frame_bytes: int = _setting(16384, _int(256, 1_048_576))
+    # Unsent bytes per socket beyond which metric values are coalesced (twice as many close
+    # the socket with 1013): the bound on what one slow client can make the gateway hold.
+    ws_send_queue_bytes: int = _setting(65536, _int(4096, 64 * 1_048_576))
+    # Bounds of a subscription's updateFrequency (seconds; 0 means every change).
+    ws_min_update_frequency: float = _setting(0.0, _duration(0, 3600))
+    ws_max_update_frequency: float = _setting(3600.0, _duration(0, 86400))
+    # Client messages per second per socket; beyond it they are ignored, at twice it the
+    # socket closes with 1008.
+    ws_max_client_rate: int = _setting(50, _int(1, 100_000))
     metrics_port: int = _setting(9464, _PORT)
 
     # Changing the partition count re-homes users to other streams; per-user order is only
@@ -158,7 +170,29 @@ class Settings:
     dedup_window: float = _setting(600.0, _duration(1, 7 * 86400))
     retention_days: int = _setting(90, _int(1, 3650))
     perf_sample_interval: float = _setting(10.0, _duration(1, 3600))
+    maintenance_interval: float = _setting(900.0, _duration(10, 86400))
     cors_origins: tuple[str, ...] = _setting((), _csv)
+    # Rate-limit budgets: requests per RATE_LIMIT_WINDOW, per token subject and per client IP,
+    # kept in Redis so every gateway replica draws on the same budget; 0 turns one off. Ingest
+    # is generous (producers are trusted services and the backlog 429 protects the pipeline);
+    # the API budgets guard the database against one runaway dashboard.
+    rate_limit_window: float = _setting(60.0, _duration(1, 86400))
+    rate_limit_ingest_subject: int = _setting(600_000, _int(0, 1_000_000_000))
+    rate_limit_ingest_ip: int = _setting(600_000, _int(0, 1_000_000_000))
+    rate_limit_api_subject: int = _setting(1200, _int(0, 1_000_000_000))
+    rate_limit_api_ip: int = _setting(3000, _int(0, 1_000_000_000))
+    rate_limit_ws_subject: int = _setting(60, _int(0, 1_000_000_000))
+    rate_limit_ws_ip: int = _setting(120, _int(0, 1_000_000_000))
+    # JWT verification: HS256 with JWT_SECRET, or RS256 with JWT_PUBLIC_KEY (PEM; `\n` escapes
+    # are accepted for one-line environment values). Audience and issuer are checked when set.
+    jwt_algorithm: str = _setting("hs256", _choice("hs256", "rs256"))
+    jwt_public_key: str = _setting("", _text)
+    jwt_audience: str = _setting("", _text)
+    jwt_issuer: str = _setting("", _text)
+    # How long a hot analytics API answer stays cached in Redis (0 turns the cache off). New
+    # data for a user invalidates that user's answers at once; the TTL bounds how stale the
+    # sliding "last 7 days" windows of a quiet user's answers can get.
+    api_cache_ttl: float = _setting(300.0, _duration(0, 86400))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -184,8 +218,20 @@ class Settings:
             raise SettingsError(
                 "DB_POOL_MIN", f"{self.db_pool_min} exceeds DB_POOL_MAX ({self.db_pool_max})"
             )
+        if self.claim_idle_ms < 3 * self.batch_max_wait_ms:
+            # Entries still being collected into a batch must not look abandoned to replicas.
+            raise SettingsError(
+                "CLAIM_IDLE_MS",
+                f"{self.claim_idle_ms} is under 3 x BATCH_MAX_WAIT_MS ({self.batch_max_wait_ms})",
+            )
         if self.ws_enabled and self.ws_port == self.http_port:
             raise SettingsError("WS_PORT", f"{self.ws_port} is already HTTP_PORT")
+        if self.ws_min_update_frequency > self.ws_max_update_frequency:
+            raise SettingsError(
+                "WS_MIN_UPDATE_FREQUENCY",
+                f"{self.ws_min_update_frequency:g}s exceeds WS_MAX_UPDATE_FREQUENCY "
+                f"({self.ws_max_update_frequency:g}s)",
+            )
         if self.app_env == "production":
             if self.jwt_secret.lower() in PLACEHOLDER_SECRETS:
                 raise SettingsError(

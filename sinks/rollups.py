@@ -27,64 +27,96 @@ ROLLUPS: Final[Mapping[str, tuple[timedelta, str]]] = {
 }
 
 _PROFILE: Final = """
-INSERT INTO {rollup} AS r (bucket, user_id, profile_views, search_appearances, connections_added,
-    connections_removed, messages_received, total_profile_views, connections, followers,
-    profile_completeness, influence_score, events)
 SELECT time_bucket($4::interval, p.time) AS bucket, p.user_id,
-       sum(p.profile_views), sum(p.search_appearances), sum(p.connections_added),
-       sum(p.connections_removed), sum(p.messages_received),
-       last(p.total_profile_views, p.time) FILTER (WHERE p.total_profile_views IS NOT NULL),
-       last(p.connections, p.time) FILTER (WHERE p.connections IS NOT NULL),
-       last(p.followers, p.time) FILTER (WHERE p.followers IS NOT NULL),
-       last(p.profile_completeness, p.time) FILTER (WHERE p.profile_completeness IS NOT NULL),
-       last(p.influence_score, p.time) FILTER (WHERE p.influence_score IS NOT NULL),
-       count(*)
+       sum(p.profile_views) AS profile_views, sum(p.search_appearances) AS search_appearances,
+       sum(p.connections_added) AS connections_added,
+       sum(p.connections_removed) AS connections_removed,
+       sum(p.messages_received) AS messages_received,
+       last(p.total_profile_views, p.time) FILTER (WHERE p.total_profile_views IS NOT NULL)
+           AS total_profile_views,
+       last(p.connections, p.time) FILTER (WHERE p.connections IS NOT NULL) AS connections,
+       last(p.followers, p.time) FILTER (WHERE p.followers IS NOT NULL) AS followers,
+       last(p.profile_completeness, p.time) FILTER (WHERE p.profile_completeness IS NOT NULL)
+           AS profile_completeness,
+       last(p.influence_score, p.time) FILTER (WHERE p.influence_score IS NOT NULL)
+           AS influence_score,
+       count(*) AS events
 FROM profile_metrics p
-JOIN unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(user_id, lo, hi)
-  ON p.user_id = t.user_id AND p.time >= t.lo AND p.time < t.hi
+JOIN spans t ON p.user_id = t.user_id AND p.time >= t.lo AND p.time < t.hi
 GROUP BY 1, 2
-ON CONFLICT (user_id, bucket) DO UPDATE SET
-    profile_views = EXCLUDED.profile_views,
-    search_appearances = EXCLUDED.search_appearances,
-    connections_added = EXCLUDED.connections_added,
-    connections_removed = EXCLUDED.connections_removed,
-    messages_received = EXCLUDED.messages_received,
-    total_profile_views = EXCLUDED.total_profile_views,
-    connections = EXCLUDED.connections,
-    followers = EXCLUDED.followers,
-    profile_completeness = EXCLUDED.profile_completeness,
-    influence_score = EXCLUDED.influence_score,
-    events = EXCLUDED.events
 """
+_PROFILE_COLUMNS: Final = (
+    "profile_views",
+    "search_appearances",
+    "connections_added",
+    "connections_removed",
+    "messages_received",
+    "total_profile_views",
+    "connections",
+    "followers",
+    "profile_completeness",
+    "influence_score",
+    "events",
+)
 
 _ENGAGEMENT: Final = """
-INSERT INTO {rollup} AS r (bucket, user_id, posts_published, impressions, likes, comments,
-    shares, events)
 SELECT time_bucket($4::interval, e.time) AS bucket, e.user_id,
-       sum(e.posts_published), sum(e.impressions), sum(e.likes), sum(e.comments),
-       sum(e.shares), count(*)
+       sum(e.posts_published) AS posts_published, sum(e.impressions) AS impressions,
+       sum(e.likes) AS likes, sum(e.comments) AS comments, sum(e.shares) AS shares,
+       count(*) AS events
 FROM engagement_metrics e
-JOIN unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(user_id, lo, hi)
-  ON e.user_id = t.user_id AND e.time >= t.lo AND e.time < t.hi
+JOIN spans t ON e.user_id = t.user_id AND e.time >= t.lo AND e.time < t.hi
 GROUP BY 1, 2
-ON CONFLICT (user_id, bucket) DO UPDATE SET
-    posts_published = EXCLUDED.posts_published,
-    impressions = EXCLUDED.impressions,
-    likes = EXCLUDED.likes,
-    comments = EXCLUDED.comments,
-    shares = EXCLUDED.shares,
-    events = EXCLUDED.events
+"""
+_ENGAGEMENT_COLUMNS: Final = (
+    "posts_published",
+    "impressions",
+    "likes",
+    "comments",
+    "shares",
+    "events",
+)
+
+# One statement: compute the buckets, upsert them, and delete buckets of the span that no
+# longer have raw rows (possible only after a manual delete), so a recompute always leaves
+# the rollup equal to the raw data. All parts see one snapshot; the delete never touches a
+# row the upsert writes, since it only removes buckets absent from `fresh`.
+_STATEMENT: Final = """
+WITH spans AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(user_id, lo, hi)
+),
+fresh AS ({select}),
+upserted AS (
+    INSERT INTO {rollup} (bucket, user_id, {columns})
+    SELECT bucket, user_id, {columns} FROM fresh
+    ON CONFLICT (user_id, bucket) DO UPDATE SET {assignments}
+    RETURNING 1
+),
+removed AS (
+    DELETE FROM {rollup} r USING spans t
+    WHERE r.user_id = t.user_id AND r.bucket >= t.lo AND r.bucket < t.hi
+      AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = r.user_id AND f.bucket = r.bucket)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM upserted) AS upserted, (SELECT count(*) FROM removed) AS removed
 """
 
-# Buckets whose raw rows are all gone (never happens for appends; possible after a manual
-# delete) are removed, so a recompute always leaves the rollup equal to the raw data.
-_DELETE_EMPTY: Final = """
-DELETE FROM {rollup} r
-USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(user_id, lo, hi)
-WHERE r.user_id = t.user_id AND r.bucket >= t.lo AND r.bucket < t.hi
-  AND NOT EXISTS (SELECT 1 FROM {source} s WHERE s.user_id = r.user_id
-                  AND s.time >= r.bucket AND s.time < r.bucket + $4::interval)
-"""
+
+def _statement(rollup: str, source: str) -> str:
+    select, columns = (
+        (_PROFILE, _PROFILE_COLUMNS)
+        if source == "profile_metrics"
+        else (_ENGAGEMENT, _ENGAGEMENT_COLUMNS)
+    )
+    return _STATEMENT.format(
+        select=select,
+        rollup=rollup,
+        columns=", ".join(columns),
+        assignments=", ".join(f"{c} = EXCLUDED.{c}" for c in columns),
+    )
+
+
+_STATEMENTS: Final = {rollup: _statement(rollup, source) for rollup, (_, source) in ROLLUPS.items()}
 
 
 async def edition(conn: Conn) -> str:
@@ -113,13 +145,9 @@ async def recompute(conn: Conn, touched: Mapping[str, tuple[datetime, datetime]]
             "SELECT pg_advisory_xact_lock(hashtext('ia-rollup:' || u)) FROM unnest($1::text[]) u",
             users,
         )
-        for rollup, (width, source) in ROLLUPS.items():
+        for rollup, (width, _) in ROLLUPS.items():
             lows = [_align(touched[u][0], width) for u in users]
             highs = [_align(touched[u][1], width) + width for u in users]
-            sql = _PROFILE if source == "profile_metrics" else _ENGAGEMENT
-            status = await conn.execute(sql.format(rollup=rollup), users, lows, highs, width)
-            written += int(status.rsplit(" ", 1)[1])
-            await conn.execute(
-                _DELETE_EMPTY.format(rollup=rollup, source=source), users, lows, highs, width
-            )
+            row = await conn.fetchrow(_STATEMENTS[rollup], users, lows, highs, width)
+            written += int(row["upserted"]) if row is not None else 0
     return written

@@ -26,18 +26,17 @@ def settings_for(database: str | None = None, **overrides: Any) -> Settings:
     db = urlsplit(TEST_DATABASE_URL)
     rd = urlsplit(TEST_REDIS_URL)
     base = Settings.from_env({"APP_ENV": "test"})
-    return dataclasses.replace(
-        base,
-        timescale_host=db.hostname or "127.0.0.1",
-        timescale_port=db.port or 5432,
-        timescale_user=db.username or "postgres",
-        timescale_password=db.password or "",
-        timescale_database=database or db.path.lstrip("/"),
-        redis_host=rd.hostname or "127.0.0.1",
-        redis_port=rd.port or 6379,
-        redis_db=int(rd.path.lstrip("/") or 0),
-        **overrides,
-    )
+    derived: dict[str, Any] = {
+        "timescale_host": db.hostname or "127.0.0.1",
+        "timescale_port": db.port or 5432,
+        "timescale_user": db.username or "postgres",
+        "timescale_password": db.password or "",
+        "timescale_database": database or db.path.lstrip("/"),
+        "redis_host": rd.hostname or "127.0.0.1",
+        "redis_port": rd.port or 6379,
+        "redis_db": int(rd.path.lstrip("/") or 0),
+    }
+    return dataclasses.replace(base, **{**derived, **overrides})
 
 
 async def _admin() -> asyncpg.Connection:

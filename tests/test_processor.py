@@ -62,7 +62,7 @@ async def _drain(s: Settings, client: redis.Redis, limit_s: float = 15.0) -> Non
 
 
 async def _count(conn: asyncpg.Connection, table: str, user: str) -> int:
-    return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = $1", user))  # noqa: S608
+    return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = $1", user))
 
 
 async def test_events_land_in_their_tables_once_and_metrics_are_published(
