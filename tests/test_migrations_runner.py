@@ -61,7 +61,11 @@ async def rows(conn: asyncpg.Connection) -> list[tuple[int, str, str]]:
 
 
 async def advisory_locks(conn: asyncpg.Connection) -> int:
-    count: int = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    # Only this test's own database: other suites may hold advisory locks of their own.
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     return count
 
 
