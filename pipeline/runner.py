@@ -39,7 +39,16 @@ from pipeline import metrics
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM
 
-__all__ = ["DeadLetter", "Delivery", "Handler", "Runner", "Transient", "consumer_name"]
+__all__ = [
+    "DeadLetter",
+    "Delivery",
+    "Handler",
+    "Runner",
+    "Transient",
+    "consumer_name",
+    "id_key",
+    "safe_trim_floor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +283,7 @@ class Runner:
         return claimed
 
     async def _delivery_counts(self, stream: str, got: list[Delivery]) -> dict[str, int]:
-        ids = sorted((d.entry_id for d in got), key=_id_key)
+        ids = sorted((d.entry_id for d in got), key=id_key)
         rows = await self.redis.xpending_range(
             stream,
             self.group,
@@ -429,12 +438,12 @@ async def safe_trim_floor(client: redis.Redis, stream: str) -> str | None:
         if summary["pending"]:
             floors.append(_text(summary["min"]))
         else:
-            ms, seq = _id_key(last)
+            ms, seq = id_key(last)
             floors.append(f"{ms}-{seq + 1}")
-    return min(floors, key=_id_key)
+    return min(floors, key=id_key)
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 

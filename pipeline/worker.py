@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Final
@@ -13,19 +14,48 @@ from prometheus_client import start_http_server
 
 from pipeline.maintenance import run_scheduled
 from pipeline.processor import Processor
-from pipeline.runner import Runner
+from pipeline.runner import Runner, id_key, safe_trim_floor
 from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, backlog_key, events_stream
 from sinks.db import create_pool
 from sinks.rollups import edition
 
-__all__ = ["ALL_GROUPS", "open_redis", "run_worker"]
+__all__ = ["ALL_GROUPS", "open_redis", "run_worker", "trim_metrics_stream"]
 
 log = logging.getLogger(__name__)
 
 # Long enough to finish and commit the batch in hand; shorter than compose's grace period.
 FINISH_BATCH_SECONDS = 20.0
+
+
+# How often the replay window of ia:metrics is enforced; trimming is cheap and idempotent.
+TRIM_METRICS_EVERY_S: Final = 10.0
+
+
+async def trim_metrics_stream(client: redis.Redis, retention_s: float) -> int:
+    """Drop ia:metrics entries older than the replay window that every group acknowledged."""
+    cutoff = f"{int((time.time() - retention_s) * 1000)}-0"
+    floor = await safe_trim_floor(client, METRICS_STREAM)
+    if floor is not None and id_key(floor) < id_key(cutoff):
+        cutoff = floor
+    return int(await client.xtrim(METRICS_STREAM, minid=cutoff, approximate=False))
+
+
+async def _trim_metrics_forever(
+    client: redis.Redis, retention_s: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            await trim_metrics_stream(client, retention_s)
+        except Exception:
+            # Trimming late only costs memory; the next round catches up.
+            log.warning("ia:metrics trim failed", exc_info=True)
+        try:
+            async with asyncio.timeout(TRIM_METRICS_EVERY_S):
+                await stop.wait()
+        except TimeoutError:
+            pass
 
 
 def open_redis(settings: Settings, *, max_connections: int = 32) -> redis.Redis:
@@ -99,6 +129,9 @@ async def run_worker(
                 )
         tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
         maintenance = asyncio.create_task(run_scheduled(settings, client, stop))
+        trimmer = asyncio.create_task(
+            _trim_metrics_forever(client, settings.metrics_stream_retention, stop)
+        )
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for r in runners:
@@ -112,6 +145,7 @@ async def run_worker(
                 t.cancel()
         stopper.cancel()
         maintenance.cancel()
+        trimmer.cancel()
         failures = [
             e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
         ]

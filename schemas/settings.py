@@ -171,6 +171,9 @@ class Settings:
     retention_days: int = _setting(90, _int(1, 3650))
     perf_sample_interval: float = _setting(10.0, _duration(1, 3600))
     maintenance_interval: float = _setting(900.0, _duration(10, 86400))
+    # How long ia:metrics keeps entries every group has acknowledged: the window in which a
+    # reconnecting dashboard resumes from the stream instead of resyncing from the database.
+    metrics_stream_retention: float = _setting(3600.0, _duration(60, 7 * 86400))
     cors_origins: tuple[str, ...] = _setting((), _csv)
     # Rate-limit budgets: requests per RATE_LIMIT_WINDOW, per token subject and per client IP,
     # kept in Redis so every gateway replica draws on the same budget; 0 turns one off. Ingest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from pipeline.runner import safe_trim_floor
-from pipeline.worker import open_redis, run_worker
+from pipeline.worker import open_redis, run_worker, trim_metrics_stream
 from schemas.settings import Settings
 from schemas.streams import (
     DLQ_STREAM,
@@ -182,3 +183,29 @@ async def test_worker_survives_its_streams_being_deleted_under_it(
     finally:
         stop.set()
         await task
+
+
+async def test_metrics_stream_keeps_its_replay_window_and_unacknowledged_entries(
+    env: tuple[Settings, redis.Redis, asyncpg.Connection],
+) -> None:
+    _, client, _ = env
+    old_ms = int(time.time() * 1000) - 7_200_000
+    for i in range(3):  # two hours old: outside a one-hour window
+        await client.xadd(METRICS_STREAM, {"v": 1}, id=f"{old_ms + i}-0")
+    await client.xadd(METRICS_STREAM, {"v": 1})  # fresh
+    assert await trim_metrics_stream(client, 3600) == 3
+    assert await client.xlen(METRICS_STREAM) == 1
+
+    # A group that has not read the old entries protects them, whatever their age.
+    await client.delete(METRICS_STREAM)
+    for i in range(2):
+        await client.xadd(METRICS_STREAM, {"v": 1}, id=f"{old_ms + i}-0")
+    await client.xgroup_create(METRICS_STREAM, "rollup", id="0")
+    await client.xadd(METRICS_STREAM, {"v": 1})
+    assert await trim_metrics_stream(client, 3600) == 0
+    assert await client.xlen(METRICS_STREAM) == 3
+    # Once read and acknowledged, the old ones go; the fresh one stays for resuming clients.
+    read: Any = await client.xreadgroup("rollup", "c", {METRICS_STREAM: ">"}, count=10)
+    await client.xack(METRICS_STREAM, "rollup", *[entry_id for entry_id, _ in read[0][1]])
+    assert await trim_metrics_stream(client, 3600) == 2
+    assert await client.xlen(METRICS_STREAM) == 1
