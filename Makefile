@@ -23,6 +23,10 @@ run: setup
 	$(BIN)/analytics up
 
 test: setup
+	@# promtool (Debian's prometheus package) checks the /metrics exposition in the tests; on a
+	@# fresh machine whose package lists are empty the install is retried after an update.
+	command -v promtool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

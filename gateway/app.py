@@ -9,8 +9,25 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway import health, ingest
+from gateway import (
+    admin,
+    admin_seed,
+    api_events,
+    api_goals,
+    api_metrics,
+    api_summary,
+    health,
+    ingest,
+    metrics,
+    openapi,
+    ratelimit,
+    requestid,
+    security,
+    status,
+    ws,
+)
 from gateway.appender import Appender, HiredisPackingConnection
+from gateway.auth import check_jwt_settings
 from gateway.errors import error_middleware
 from gateway.keys import APPENDER, DB_POOL, REDIS, SETTINGS
 from schemas.settings import Settings
@@ -26,12 +43,33 @@ _REDIS_SOCKET_TIMEOUT_S = 10.0
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.ingest_max_bytes, middlewares=[error_middleware])
+    check_jwt_settings(settings)  # a bad JWT_PUBLIC_KEY stops the process at start
+    # Outermost first: the request id is bound before anything logs, metrics see the status
+    # the error middleware rendered, and 429s and preflights render as every other error.
+    middlewares = [
+        requestid.middleware,
+        metrics.middleware,
+        error_middleware,
+        security.preflight_middleware,
+        ratelimit.middleware,
+    ]
+    app = web.Application(client_max_size=settings.ingest_max_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
     app.add_routes(health.routes)
     app.add_routes(ingest.routes)
+    for group in (status.routes, metrics.routes, admin.routes, admin_seed.routes, openapi.routes):
+        app.add_routes(group)
+    # The analytics API (/api/v1); see gateway/api.py.
+    for api_group in (api_metrics.routes, api_summary.routes, api_events.routes, api_goals.routes):
+        app.add_routes(api_group)
+    # Response hooks also reach the responses aiohttp builds itself (404, 500).
+    app.on_response_prepare.append(requestid.on_response_prepare)
+    app.on_response_prepare.append(security.on_response_prepare)
+    app.on_response_prepare.append(ratelimit.on_response_prepare)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_db_ctx)
+    if settings.ws_enabled:
+        ws.setup(app)  # `/ws` and the fan-out, which needs the two contexts above
     return app
 
 

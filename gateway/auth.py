@@ -4,6 +4,13 @@ The algorithm is pinned: a token's own `alg` header never chooses how it is chec
 closes `alg: none` and key-confusion attacks. `exp` and `sub` are required, so a token cannot
 live forever by leaving out its expiry.
 
+HS256 with JWT_SECRET by default; RS256 with JWT_PUBLIC_KEY when JWT_ALGORITHM=RS256 (tokens
+then come from an identity provider holding the private key; `analytics token` cannot mint
+them). With RS256 pinned, an HS256 token "signed" with the public key as its secret (the
+classic confusion attack) is refused for its algorithm before any key is used. JWT_AUDIENCE
+and JWT_ISSUER, when set, make `aud` / `iss` required and checked; `exp`, `nbf` and `iat` are
+honoured with LEEWAY_S of clock skew.
+
 Every authenticated endpoint calls `authenticate(request)`; WebSocket and query-parameter
 tokens go through `verify_token` directly.
 """
@@ -17,9 +24,12 @@ from typing import Any, Final, Literal, cast, get_args
 
 import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import ApiError
 from gateway.keys import SETTINGS
+from schemas.errors import SettingsError
 from schemas.settings import Settings
 
 __all__ = [
@@ -28,7 +38,9 @@ __all__ = [
     "Principal",
     "Role",
     "authenticate",
+    "check_jwt_settings",
     "mint_token",
+    "require_role",
     "verify_token",
 ]
 
@@ -58,6 +70,12 @@ class Principal:
 
 
 def mint_token(settings: Settings, *, subject: str, role: Role, ttl_seconds: float) -> str:
+    """A development token signed with JWT_SECRET, carrying JWT_AUDIENCE / JWT_ISSUER if set."""
+    if settings.jwt_algorithm != "hs256":
+        raise SettingsError(
+            "JWT_ALGORITHM",
+            "RS256 tokens are signed by your identity provider; only HS256 ones can be minted",
+        )
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": subject,
@@ -65,33 +83,97 @@ def mint_token(settings: Settings, *, subject: str, role: Role, ttl_seconds: flo
         "iat": now,
         "exp": now + int(ttl_seconds),
     }
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
     return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verifier:
+    """How tokens are checked; hashable, so it keys the verification cache (a changed key,
+    algorithm, audience or issuer never reuses a verdict reached under the old one)."""
+
+    algorithm: str
+    key: str  # the HS256 secret or the RS256 public key PEM
+    audience: str
+    issuer: str
+
+
+def _verifier(settings: Settings) -> _Verifier:
+    if settings.jwt_algorithm == "rs256":
+        # One-line environment values often carry the PEM's newlines as `\n`.
+        pem = settings.jwt_public_key.replace("\\n", "\n")
+        return _Verifier("RS256", pem, settings.jwt_audience, settings.jwt_issuer)
+    return _Verifier(ALGORITHM, settings.jwt_secret, settings.jwt_audience, settings.jwt_issuer)
+
+
+@functools.lru_cache(maxsize=8)
+def _public_key(pem: str) -> RSAPublicKey:
+    key = load_pem_public_key(pem.encode())
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError(f"expected an RSA public key, got {type(key).__name__}")
+    return key
+
+
+def check_jwt_settings(settings: Settings) -> None:
+    """At start: RS256 needs a readable RSA public key; raises SettingsError naming the variable."""
+    if settings.jwt_algorithm != "rs256":
+        return
+    pem = _verifier(settings).key
+    if not pem:
+        raise SettingsError("JWT_PUBLIC_KEY", "required when JWT_ALGORITHM=RS256")
+    try:
+        _public_key(pem)
+    except ValueError as e:
+        raise SettingsError("JWT_PUBLIC_KEY", f"not a PEM RSA public key: {e}") from None
 
 
 def _unauthorized(reason: str) -> ApiError:
     return ApiError(401, "unauthorized", reason, headers=_CHALLENGE)
 
 
+def _reason(e: jwt.InvalidTokenError) -> str:
+    """What a client may learn about its refused token: the rule broken, never a key detail."""
+    if isinstance(e, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(e, jwt.MissingRequiredClaimError):
+        return f"token lacks the {e.claim} claim"
+    if isinstance(e, jwt.InvalidAudienceError):
+        return "token audience is not accepted here"
+    if isinstance(e, jwt.InvalidIssuerError):
+        return "token issuer is not accepted here"
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    return "invalid token"
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _verified(secret: str, token: str) -> tuple[Principal, float]:
+def _verified(verifier: _Verifier, token: str) -> tuple[Principal, float]:
     """(principal, exp) of a token whose signature and claims checked out; raises otherwise.
 
     lru_cache does not cache exceptions, so a bad token is verified (and refused) every time.
     """
+    required = ["exp", "sub"]
+    if verifier.audience:
+        required.append("aud")
+    if verifier.issuer:
+        required.append("iss")
+    key: Any = verifier.key if verifier.algorithm == ALGORITHM else _public_key(verifier.key)
     try:
         claims = jwt.decode(
             token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["exp", "sub"]},
+            key,
+            algorithms=[verifier.algorithm],
+            audience=verifier.audience or None,
+            issuer=verifier.issuer or None,
+            # Without a configured audience a token's `aud` is not ours to judge.
+            options={"require": required, "verify_aud": bool(verifier.audience)},
             leeway=LEEWAY_S,
         )
-    except jwt.ExpiredSignatureError:
-        raise _unauthorized("token expired") from None
-    except jwt.MissingRequiredClaimError as e:
-        raise _unauthorized(f"token lacks the {e.claim} claim") from None
-    except jwt.InvalidTokenError:
-        raise _unauthorized("invalid token") from None
+    except jwt.InvalidTokenError as e:
+        raise _unauthorized(_reason(e)) from None
     subject = claims["sub"]
     role = claims.get("role", "user")
     if not isinstance(subject, str) or not subject:
@@ -104,7 +186,7 @@ def _verified(secret: str, token: str) -> tuple[Principal, float]:
 
 def verify_token(settings: Settings, token: str) -> Principal:
     """The principal of a bearer token, or ApiError(401)."""
-    principal, exp = _verified(settings.jwt_secret, token)
+    principal, exp = _verified(_verifier(settings), token)
     if time.time() > exp + LEEWAY_S:
         raise _unauthorized("token expired")
     return principal
@@ -120,3 +202,11 @@ def authenticate(request: web.Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("expected Authorization: Bearer <token>")
     return verify_token(request.app[SETTINGS], token)
+
+
+def require_role(request: web.Request, *roles: Role) -> Principal:
+    """The authenticated principal if its role is one of `roles`: 401 anonymous, 403 otherwise."""
+    principal = authenticate(request)
+    if principal.role not in roles:
+        raise ApiError(403, "forbidden", f"requires the {' or '.join(roles)} role")
+    return principal

@@ -42,6 +42,7 @@ from gateway.appender import AppendStatus
 from gateway.auth import Principal, authenticate
 from gateway.errors import ApiError, error_body
 from gateway.keys import APPENDER, DB_POOL, SETTINGS
+from gateway.metrics import INGEST_EVENTS
 from schemas.events import (
     MAX_FUTURE_SKEW_S,
     MAX_PROPERTIES_BYTES,
@@ -312,22 +313,27 @@ async def ingest_event(request: web.Request) -> web.Response:
     body = await _read_body(request, settings.ingest_max_bytes)
     received_us = time.time_ns() // 1000
     try:
-        event_in = _event_decoder.decode(body)
-    except msgspec.ValidationError as e:
-        if body.lstrip()[:1] != b"{":
-            raise ApiError(400, "not_an_object", split_error(e)[0], "$") from None
-        raise _schema_error(e, "$") from None
-    except msgspec.DecodeError as e:
-        raise _schema_error(e, "$") from None
-    event = _to_stream_event(
-        event_in,
-        "$",
-        principal=principal,
-        settings=settings,
-        received_us=received_us,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
+        try:
+            event_in = _event_decoder.decode(body)
+        except msgspec.ValidationError as e:
+            if body.lstrip()[:1] != b"{":
+                raise ApiError(400, "not_an_object", split_error(e)[0], "$") from None
+            raise _schema_error(e, "$") from None
+        except msgspec.DecodeError as e:
+            raise _schema_error(e, "$") from None
+        event = _to_stream_event(
+            event_in,
+            "$",
+            principal=principal,
+            settings=settings,
+            received_us=received_us,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    except ApiError:
+        INGEST_EVENTS.labels("rejected").inc()
+        raise
     statuses = await _append(request, [event])
+    INGEST_EVENTS.labels(statuses[0]).inc()
     if timeout is not None:
         await _wait_committed(request, [event], statuses, timeout)
     return _json(
@@ -404,6 +410,9 @@ async def ingest_events(request: web.Request) -> web.Response:
     for position, status in zip(positions, statuses, strict=True):
         results[position]["status"] = status
     duplicates = statuses.count("duplicate")
+    INGEST_EVENTS.labels("accepted").inc(len(statuses) - duplicates)
+    INGEST_EVENTS.labels("duplicate").inc(duplicates)
+    INGEST_EVENTS.labels("rejected").inc(len(items) - len(statuses))
     body_out = {
         "accepted": len(statuses) - duplicates,
         "duplicates": duplicates,

@@ -9,9 +9,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.appender import Appender
+from gateway.fanout import Fanout
 from schemas.settings import Settings
 
-__all__ = ["APPENDER", "DB_POOL", "REDIS", "SETTINGS", "PoolGetter"]
+__all__ = ["APPENDER", "DB_POOL", "FANOUT", "REDIS", "SETTINGS", "PoolGetter"]
 
 SETTINGS = web.AppKey("settings", Settings)
 # One client (a BlockingConnectionPool) per process, shared by every route group.
@@ -23,3 +24,5 @@ APPENDER = web.AppKey("appender", Appender)
 # only the routes that read the database wait for it.
 PoolGetter = Callable[[], Awaitable[asyncpg.Pool]]
 DB_POOL: web.AppKey[PoolGetter] = web.AppKey("db_pool")
+# The WebSocket fan-out of this process, shared by `/ws` here and `/` on WS_PORT.
+FANOUT = web.AppKey("fanout", Fanout)

@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"analytics: configuration error: {e}", file=sys.stderr)
         return 2
 
-    from pipeline.logs import configure_logging
+    from schemas.logs import configure_logging
 
     configure_logging(settings.log_level)
     try:

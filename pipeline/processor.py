@@ -23,6 +23,7 @@ from pipeline.stages.store import rows_for, to_datetime
 from pipeline.stages.validate import ValidEvent, validate
 from schemas.metrics import metrics_changed_by
 from schemas.streams import METRICS_STREAM
+from sinks.cache_generations import invalidate
 from sinks.current_values import current_values
 from sinks.timescale import write_batch
 
@@ -98,6 +99,8 @@ class Processor:
             u: score for u, v in values.items() if (score := v.get("influenceScore")) is not None
         }
         await write_scores(self.redis, influence, version_us)
+        # Before announcing the batch: a dashboard refetching on its update must miss the cache.
+        await invalidate(self.redis, users)
         updates = metric_updates(valid, values, committed_at)
         await self.redis.xadd(
             METRICS_STREAM,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.ws import start_ws_site
 from pipeline.worker import ALL_GROUPS, run_worker
 from schemas.settings import Settings
 
@@ -31,16 +32,18 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     runner: web.AppRunner | None = None
+    ws_runner: web.AppRunner | None = None
     if gateway:
-        runner = web.AppRunner(
-            create_app(settings), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None
-        )
+        app = create_app(settings)
+        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
         await site.start()
         log.info(
             "gateway listening", extra={"host": settings.http_host, "port": settings.http_port}
         )
+        if settings.ws_enabled:
+            ws_runner = await start_ws_site(app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     try:
         if worker:
             # A worker beside a gateway shares the gateway's /metrics; alone it serves its own.
@@ -54,6 +57,8 @@ async def serve(
             await stop.wait()
         log.info("shutdown requested")
     finally:
+        if ws_runner is not None:
+            await ws_runner.cleanup()  # first: it shares the gateway app's fan-out
         if runner is not None:
             await runner.cleanup()
         log.info("stopped")

@@ -84,17 +84,16 @@ async def scratch_db() -> AsyncIterator[ScratchDb]:
 
 @pytest.fixture(scope="session")
 async def migrated() -> Settings:
-    """The test database at the newest schema version, created (with TimescaleDB) if missing."""
+    """The test database, created afresh for each session at the newest schema version: a
+    database left by earlier runs accumulates chunks and rows that slow every later run."""
     from migrations import runner
     from sinks.db import connect
 
     s = settings_for()
     admin = await _admin()
     try:
-        if not await admin.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", s.timescale_database
-        ):
-            await admin.execute(f'CREATE DATABASE "{s.timescale_database}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{s.timescale_database}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{s.timescale_database}"')
     finally:
         await admin.close()
     conn = await connect(s)

@@ -282,6 +282,8 @@ async def test_more_than_ingest_max_batch_events_is_413(
 
 
 def _now_plus(**delta: float) -> str:
+    """Computed at collection: the margins beyond the limits (5 min, 90 days) are wide enough
+    to hold however long the suite runs before this test."""
     return iso(datetime.now(UTC) + timedelta(**delta))
 
 
@@ -291,8 +293,8 @@ FIELD_ERRORS = [
     pytest.param(event(type="profile_like"), "invalid_event", "$.type", id="type-unknown"),
     pytest.param(event(value="3"), "invalid_event", "$.value", id="value-string"),
     pytest.param(event(value=-1), "invalid_event", "$.value", id="value-negative"),
-    pytest.param(event(time=_now_plus(minutes=6)), "invalid_time", "$.time", id="time-future"),
-    pytest.param(event(time=_now_plus(days=-91)), "invalid_time", "$.time", id="time-old"),
+    pytest.param(event(time=_now_plus(hours=2)), "invalid_time", "$.time", id="time-future"),
+    pytest.param(event(time=_now_plus(days=-100)), "invalid_time", "$.time", id="time-old"),
     pytest.param(event(time="2024-05-01T10:00:00"), "invalid_event", "$.time", id="time-naive"),
     pytest.param(event(properties=[1]), "invalid_properties", "$.properties", id="props-array"),
     pytest.param(

@@ -25,6 +25,10 @@ _CONF_NAME = "95-timescaledb.conf"
 # TimescaleDB's 16 background workers, PostgreSQL's own and a few parallel query workers; the
 # default of 8 starves TimescaleDB's scheduler.
 _MIN_WORKERS = 27
+# A query without a time bound (the latest snapshot of a user) locks every chunk of a
+# hypertable and its index: with 6-hour chunks x 4 space partitions over 90 days that is
+# thousands of locks, past the default 64 per transaction ("out of shared memory").
+_MIN_LOCKS = 1024
 
 
 def _mirror() -> str:
@@ -110,14 +114,15 @@ def _includes_conf_d(config_file: Path) -> bool:
 def _configure(cluster: Cluster, session: Session) -> None:
     query = (
         "SELECT current_setting('shared_preload_libraries'), "
-        "current_setting('max_worker_processes'), current_setting('config_file')"
+        "current_setting('max_worker_processes'), current_setting('config_file'), "
+        "current_setting('max_locks_per_transaction')"
     )
-    preload_raw, workers, config_file = psql("configure postgresql", cluster.port, query)[0]
+    preload_raw, workers, config_file, locks = psql("configure postgresql", cluster.port, query)[0]
     preload = [lib.strip() for lib in preload_raw.split(",") if lib.strip()]
-    if "timescaledb" in preload and int(workers) >= _MIN_WORKERS:
+    if "timescaledb" in preload and int(workers) >= _MIN_WORKERS and int(locks) >= _MIN_LOCKS:
         say(
-            f"PostgreSQL already preloads timescaledb, max_worker_processes = {workers}: "
-            "no restart needed"
+            f"PostgreSQL already preloads timescaledb, max_worker_processes = {workers}, "
+            f"max_locks_per_transaction = {locks}: no restart needed"
         )
         return
     if not _includes_conf_d(Path(config_file)):
@@ -130,10 +135,12 @@ def _configure(cluster: Cluster, session: Session) -> None:
     # telemetry_level is only a placeholder in our no-telemetry build; packaged builds obey it.
     path.write_text(
         "# Written by `analytics services up`: TimescaleDB must be preloaded, and its background\n"
-        "# workers need more than the default 8 worker processes.\n"
+        "# workers need more than the default 8 worker processes, and queries spanning many\n"
+        "# chunks more than the default 64 locks per transaction.\n"
         f"shared_preload_libraries = '{libraries}'\n"
         "timescaledb.telemetry_level = off\n"
         f"max_worker_processes = {max(int(workers), _MIN_WORKERS)}\n"
+        f"max_locks_per_transaction = {max(int(locks), _MIN_LOCKS)}\n"
     )
     say(f"Wrote {path}; restarting PostgreSQL {cluster.version}/{cluster.name} to load it")
     pg_ctl("restart postgresql", cluster, "restart")

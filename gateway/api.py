@@ -1,0 +1,174 @@
+"""What every analytics API route shares: who may read whose data, parameters, the database,
+the answer cache. The routes live in api_metrics.py, api_events.py and api_goals.py.
+
+Access: roles `user` and `admin` (401 without a valid token, 403 for `producer`). A user reads
+its own data; `?userId=` naming anyone else is a 403. An admin reads any user's data with
+`?userId=` (default: the token's own subject).
+
+Errors are ApiError's JSON shape; a query parameter's error names the parameter in `field`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from gateway.auth import Principal, require_role
+from gateway.cache import ApiCache
+from gateway.errors import ApiError
+from gateway.keys import DB_POOL, REDIS, SETTINGS
+from sinks.db import Conn
+
+__all__ = [
+    "API",
+    "align_down",
+    "align_up",
+    "cached",
+    "connection",
+    "dumps",
+    "json_response",
+    "parse_int",
+    "parse_time",
+    "reader",
+]
+
+log = logging.getLogger(__name__)
+
+API: Final = "/api/v1"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_USER_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# A query string decodes `+` as a space, so `...T10:00:00+02:00` arrives as `... 02:00`.
+_SPACED_OFFSET: Final = re.compile(r"^(.*\d) (\d\d(?::?\d\d)?)$")
+# Bounds one request's database work; a query past it answers 503 instead of holding a
+# connection the pool's other requests are waiting for.
+QUERY_TIMEOUT_S: Final = 10.0
+_RETRY_AFTER: Final = {"Retry-After": "5"}
+# Part of every cache key: bump it when an answer's shape changes, so a deploy never serves
+# entries in the old shape.
+_CACHE_FORMAT: Final = "v1:"
+# Connection-level failures: the database is down or overloaded, not the request wrong.
+_DB_DOWN: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
+
+
+def reader(request: web.Request) -> tuple[Principal, str]:
+    """The principal and the user whose data the request reads or writes."""
+    principal = require_role(request, "user", "admin")
+    wanted = request.query.get("userId")
+    if wanted is None:
+        if principal.role == "admin" and not _USER_ID.match(principal.subject):
+            raise ApiError(400, "invalid_parameter", "userId is required", "userId")
+        return principal, principal.subject
+    if not _USER_ID.match(wanted):
+        raise ApiError(
+            400, "invalid_parameter", "userId must be 1-64 chars of [A-Za-z0-9_.:-]", "userId"
+        )
+    if principal.role != "admin" and wanted != principal.subject:
+        raise ApiError(403, "forbidden", "a user token may only read its own data", "userId")
+    return principal, wanted
+
+
+def parse_time(request: web.Request, name: str) -> datetime | None:
+    """An RFC 3339 timestamp with a zone from query parameter `name`, in UTC; None if absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    text = _SPACED_OFFSET.sub(r"\1+\2", raw.strip())
+    try:
+        value = datetime.fromisoformat(text)
+        if value.tzinfo is not None:
+            return value.astimezone(UTC)
+        problem = "needs a zone (Z or +hh:mm)"
+    except (ValueError, OverflowError):
+        problem = "is not an RFC 3339 timestamp"
+    raise ApiError(400, "invalid_parameter", f"{name} {problem}, e.g. 2025-01-31T12:00:00Z", name)
+
+
+def parse_int(request: web.Request, name: str, *, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer {lo}-{hi}", name)
+    return value
+
+
+def align_down(t: datetime, width: timedelta) -> datetime:
+    """The start of t's bucket, as time_bucket computes it for widths that divide a day."""
+    return _EPOCH + ((t - _EPOCH) // width) * width
+
+
+def align_up(t: datetime, width: timedelta) -> datetime:
+    start = align_down(t, width)
+    return start if start == t else start + width
+
+
+def dumps(body: Any) -> bytes:
+    """JSON as the API writes it: datetimes as RFC 3339 in UTC with `Z`."""
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=body if isinstance(body, bytes) else dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+@asynccontextmanager
+async def connection(request: web.Request) -> AsyncIterator[Conn]:
+    """A pooled connection for at most QUERY_TIMEOUT_S; an unreachable database is a 503."""
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT_S):
+            pool = await request.app[DB_POOL]()
+            async with pool.acquire() as conn:
+                yield conn
+    except _DB_DOWN as e:
+        log.warning("api query failed", extra={"path": request.path, "error": repr(e)})
+        raise ApiError(
+            503, "database_unavailable", "TimescaleDB is unavailable", headers=_RETRY_AFTER
+        ) from e
+
+
+async def cached(
+    request: web.Request, user_id: str, what: str, compute: Callable[[], Awaitable[Any]]
+) -> web.Response:
+    """The cached answer for (user, what), or `compute()`'s, stored for API_CACHE_TTL.
+
+    `what` must name the endpoint and every parameter the answer depends on, normalized (so
+    equivalent requests share an entry); `X-Cache` says hit, miss or error.
+    """
+    cache = ApiCache(request.app[REDIS], request.app[SETTINGS].api_cache_ttl)
+    if not cache.enabled:
+        return json_response(await compute())
+    key = _CACHE_FORMAT + what
+    found = await cache.lookup(user_id, key)
+    if found.body is not None:
+        return json_response(found.body, headers={"X-Cache": "hit"})
+    body = dumps(await compute())
+    if found.generation is not None:
+        await cache.store(user_id, key, found.generation, body)
+    return json_response(body, headers={"X-Cache": found.result})

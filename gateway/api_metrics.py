@@ -1,0 +1,271 @@
+"""Metric series, the catalogue and the derived aggregations.
+
+- `GET /api/v1/metrics/profile?from&to&bucket=5m|1h|1d` and
+  `GET /api/v1/metrics/engagement?from&to&bucket=1h|1d`: one point per bucket with events
+  (empty buckets are left out), oldest first, with totals. Buckets are UTC-aligned and every
+  bucket overlapping [from, to) is returned whole; the answer's `from`/`to` are the aligned
+  range. Defaults: `to` now, `from` 7 days earlier (2 days for 5m), `bucket` 1h.
+- `GET /api/v1/metrics/catalog`: the metric names the WebSocket and the goals accept.
+- `GET /api/v1/metrics/aggregations?name&from&to`: `metric_aggregations` rows (hourly points
+  computed by the maintenance task), the range widened to whole hours; default the last 7 days.
+
+Where the points come from: buckets that start before `raw_from` = the bucket holding
+(now - ROLLUP_MARGIN) are read from the rollup of that width (engagement by day: the hourly
+rollup summed per day); that bucket and later ones are aggregated from the raw rows. So an event
+stored a moment ago counts at once, on either TimescaleDB edition, even before the rollup group
+(Apache) or the refresh policy and real-time aggregation (full edition) have caught up, and a
+query of 90 days still reads at most one bucket plus ROLLUP_MARGIN of raw rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+
+from gateway.api import (
+    API,
+    align_down,
+    align_up,
+    cached,
+    connection,
+    json_response,
+    parse_time,
+    reader,
+)
+from gateway.errors import ApiError
+from schemas.metrics import CATALOGUE
+from sinks.queries import (
+    PROFILE_ROLLUPS,
+    ROLLUP_MARGIN,
+    aggregation_rows,
+    engagement_series,
+    profile_series,
+)
+
+__all__ = ["AGGREGATION_NAMES", "SeriesRange", "profile_points", "routes"]
+
+routes = web.RouteTableDef()
+
+_DEFAULT_SPAN: Final = timedelta(days=7)
+# The longest range per bucket width: bounded points per answer (576, 2160, 1096).
+_MAX_SPAN: Final[dict[str, timedelta]] = {
+    "5m": timedelta(days=2),
+    "1h": timedelta(days=90),
+    "1d": timedelta(days=3 * 365 + 1),
+}
+_ENGAGEMENT_WIDTHS: Final = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
+_PROFILE_WIDTHS: Final = {name: width for name, (_, width) in PROFILE_ROLLUPS.items()}
+
+# What the maintenance task writes to metric_aggregations (pipeline/maintenance.py), and the
+# period each is stored under.
+AGGREGATION_NAMES: Final[dict[str, str]] = {
+    "engagement_rate_7d": "7d",
+    "engagement_rate_30d": "30d",
+    "connection_growth_rate_30d": "30d",
+    "profile_views_wow": "7d",
+    "posting_cadence_30d": "30d",
+}
+_AGGREGATION_MAX_SPAN: Final = timedelta(days=90)
+
+_PROFILE_SUMS: Final = (
+    ("profileViews", "profile_views"),
+    ("searchAppearances", "search_appearances"),
+    ("connectionsAdded", "connections_added"),
+    ("connectionsRemoved", "connections_removed"),
+    ("messagesReceived", "messages_received"),
+    ("events", "events"),
+)
+_PROFILE_LATEST: Final = (
+    ("totalProfileViews", "total_profile_views"),
+    ("connections", "connections"),
+    ("followers", "followers"),
+    ("profileCompleteness", "profile_completeness"),
+    ("influenceScore", "influence_score"),
+)
+_ENGAGEMENT_SUMS: Final = ("postsPublished", "impressions", "likes", "comments", "shares")
+
+_CATALOG: Final = {
+    "metrics": [
+        {"name": m.name, "unit": m.unit, "description": m.description, "window": m.window}
+        for m in CATALOGUE.values()
+    ],
+    "aggregations": [{"name": n, "period": p} for n, p in AGGREGATION_NAMES.items()],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRange:
+    bucket: str
+    width: timedelta
+    start: datetime  # aligned, inclusive
+    end: datetime  # aligned, exclusive
+    raw_from: datetime
+
+    @property
+    def key(self) -> str:
+        """The cache key part: aligned bounds, so every `to` inside one bucket shares it."""
+        return f"{self.bucket}:{self.start.timestamp():.0f}:{self.end.timestamp():.0f}"
+
+
+def _range(
+    request: web.Request, widths: Mapping[str, timedelta], now: datetime
+) -> tuple[datetime, datetime, str]:
+    bucket = request.query.get("bucket", "1h")
+    if bucket not in widths:
+        raise ApiError(
+            400, "invalid_parameter", f"bucket must be one of {', '.join(widths)}", "bucket"
+        )
+    max_span = _MAX_SPAN[bucket]
+    to = parse_time(request, "to") or now
+    since = parse_time(request, "from") or to - min(_DEFAULT_SPAN, max_span)
+    if since >= to:
+        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
+    if to - since > max_span:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"from is more than {max_span.days} days before to; the most {bucket} buckets span",
+            "from",
+        )
+    return since, to, bucket
+
+
+def series_range(request: web.Request, widths: Mapping[str, timedelta]) -> SeriesRange:
+    now = datetime.now(UTC)
+    since, to, bucket = _range(request, widths, now)
+    width = widths[bucket]
+    return SeriesRange(
+        bucket,
+        width,
+        align_down(since, width),
+        align_up(to, width),
+        align_down(now - ROLLUP_MARGIN, width),
+    )
+
+
+def profile_points(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    points = []
+    for r in rows:
+        point: dict[str, Any] = {"time": r["bucket"]}
+        for name, column in _PROFILE_SUMS:
+            point[name] = r[column]
+        for name, column in _PROFILE_LATEST:
+            point[name] = r[column]
+        points.append(point)
+    return points
+
+
+def _rate(point: Mapping[str, Any]) -> float | None:
+    impressions = point["impressions"]
+    if not impressions:
+        return None
+    return float(point["likes"] + point["comments"] + point["shares"]) / float(impressions)
+
+
+@routes.get(f"{API}/metrics/profile")
+async def profile(request: web.Request) -> web.Response:
+    _, user = reader(request)
+    rng = series_range(request, _PROFILE_WIDTHS)
+
+    async def compute() -> dict[str, Any]:
+        async with connection(request) as conn:
+            rows = await profile_series(conn, user, rng.bucket, rng.start, rng.end, rng.raw_from)
+        series = profile_points(rows)
+        totals = {name: sum(p[name] for p in series) for name, _ in _PROFILE_SUMS}
+        # The newest value each absolute figure had in the range (null if never reported).
+        latest: dict[str, Any] = dict.fromkeys(name for name, _ in _PROFILE_LATEST)
+        for p in series:
+            for name, _ in _PROFILE_LATEST:
+                if p[name] is not None:
+                    latest[name] = p[name]
+        return _envelope(user, rng, series, totals, latest=latest)
+
+    return await cached(request, user, f"profile:{rng.key}", compute)
+
+
+@routes.get(f"{API}/metrics/engagement")
+async def engagement(request: web.Request) -> web.Response:
+    _, user = reader(request)
+    rng = series_range(request, _ENGAGEMENT_WIDTHS)
+
+    async def compute() -> dict[str, Any]:
+        async with connection(request) as conn:
+            rows = await engagement_series(conn, user, rng.width, rng.start, rng.end, rng.raw_from)
+        series = []
+        for r in rows:
+            point: dict[str, Any] = {"time": r[0]}
+            point.update(zip(_ENGAGEMENT_SUMS, r[1:6], strict=True))
+            point["engagementRate"] = _rate(point)
+            point["events"] = r[6]
+            series.append(point)
+        totals: dict[str, Any] = {n: sum(p[n] for p in series) for n in _ENGAGEMENT_SUMS}
+        totals["engagementRate"] = _rate(totals)
+        totals["events"] = sum(p["events"] for p in series)
+        return _envelope(user, rng, series, totals)
+
+    return await cached(request, user, f"engagement:{rng.key}", compute)
+
+
+def _envelope(
+    user: str, rng: SeriesRange, series: list[dict[str, Any]], totals: dict[str, Any], **more: Any
+) -> dict[str, Any]:
+    return {
+        "userId": user,
+        "bucket": rng.bucket,
+        "from": rng.start,
+        "to": rng.end,
+        "series": series,
+        "totals": totals,
+        **more,
+    }
+
+
+@routes.get(f"{API}/metrics/catalog")
+async def catalog(request: web.Request) -> web.Response:
+    reader(request)
+    return json_response(_CATALOG, headers={"Cache-Control": "private, max-age=300"})
+
+
+@routes.get(f"{API}/metrics/aggregations")
+async def aggregations(request: web.Request) -> web.Response:
+    _, user = reader(request)
+    name = request.query.get("name")
+    if name is not None and name not in AGGREGATION_NAMES:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"name must be one of {', '.join(AGGREGATION_NAMES)}",
+            "name",
+        )
+    names = [name] if name is not None else list(AGGREGATION_NAMES)
+    hour = timedelta(hours=1)
+    to = parse_time(request, "to") or datetime.now(UTC)
+    since = parse_time(request, "from") or to - _DEFAULT_SPAN
+    if since >= to:
+        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
+    if to - since > _AGGREGATION_MAX_SPAN:
+        raise ApiError(400, "invalid_parameter", "from is more than 90 days before to", "from")
+    start, end = align_down(since, hour), align_up(to, hour)
+
+    async def compute() -> dict[str, Any]:
+        async with connection(request) as conn:
+            rows = await aggregation_rows(conn, user, names, start, end)
+        points = [
+            {
+                "time": r["time"],
+                "name": r["metric_name"],
+                "period": r["period"],
+                "value": r["value"],
+                "sampleCount": r["sample_count"],
+            }
+            for r in rows
+        ]
+        return {"userId": user, "from": start, "to": end, "aggregations": points}
+
+    what = f"aggregations:{name or '*'}:{start.timestamp():.0f}:{end.timestamp():.0f}"
+    return await cached(request, user, what, compute)

@@ -1,0 +1,212 @@
+"""The analytics API's part of `GET /openapi.json`: paths and schemas to merge into
+gateway/openapi.py's `PATHS` and `SCHEMAS` (kept here, next to the routes they describe)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from gateway.api_metrics import AGGREGATION_NAMES
+from schemas.events import EVENT_TYPES
+from schemas.metrics import CATALOGUE
+
+__all__ = ["API_PATHS", "API_SCHEMAS"]
+
+_JSON: Final = "application/json"
+_BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+_ANY: Final = {"type": "object", "additionalProperties": True}
+_TIME: Final = {"type": "string", "format": "date-time"}
+
+
+def _ok(schema: dict[str, Any], description: str = "the answer") -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/Error"}
+    texts = {
+        400: "a query parameter is invalid; `field` names it",
+        401: "missing or invalid bearer token",
+        403: "producer token, or a user token naming another user",
+        404: "no such goal for this user",
+        409: "the user has too many goals",
+        415: "expected application/json",
+        422: "the body is well-formed but invalid; `field` names the value",
+        503: "TimescaleDB is unavailable",
+    }
+    return {str(s): _ok(error, texts[s]) for s in (*statuses, 401, 403, 503)}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+_USER: Final = _query("userId", "admin only: whose data (default: the token's subject)", {
+    "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"
+})  # fmt: skip
+_FROM: Final = _query("from", "range start (RFC 3339 with a zone)", _TIME)
+_TO: Final = _query("to", "range end, exclusive (default now)", _TIME)
+_CACHED: Final = {"X-Cache": {"schema": {"enum": ["hit", "miss", "error"]}}}
+
+
+def _series(buckets: list[str]) -> dict[str, Any]:
+    return {
+        "get": {
+            "security": _BEARER,
+            "parameters": [
+                _USER,
+                _FROM,
+                _TO,
+                _query("bucket", "bucket width (default 1h)", {"enum": buckets}),
+            ],
+            "responses": {
+                "200": {**_ok({"$ref": "#/components/schemas/Series"}), "headers": _CACHED},
+                **_errors(400),
+            },
+        }
+    }
+
+
+_GOAL_ID: Final = {"name": "goal_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_GOAL: Final = {"$ref": "#/components/schemas/Goal"}
+
+API_SCHEMAS: Final[dict[str, Any]] = {
+    "Series": {
+        "type": "object",
+        "required": ["userId", "bucket", "from", "to", "series", "totals"],
+        "properties": {
+            "userId": {"type": "string"},
+            "bucket": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "series": {"type": "array", "items": {"type": "object", "required": ["time"]}},
+            "totals": _ANY,
+            "latest": _ANY,
+        },
+    },
+    "Goal": {
+        "type": "object",
+        "required": ["id", "userId", "metric", "targetValue", "deadline", "status", "progress"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "userId": {"type": "string"},
+            "metric": {"enum": sorted(CATALOGUE)},
+            "targetValue": {"type": "number"},
+            "baselineValue": {"type": ["number", "null"]},
+            "deadline": _TIME,
+            "status": {"enum": ["active", "achieved", "missed", "cancelled"]},
+            "progress": _ANY,
+        },
+    },
+    "GoalIn": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["metric", "targetValue", "deadline"],
+        "properties": {
+            "metric": {"enum": sorted(CATALOGUE)},
+            "targetValue": {"type": "number", "minimum": -1e12, "maximum": 1e12},
+            "deadline": _TIME,
+            "baselineValue": {"type": ["number", "null"]},
+        },
+    },
+    "GoalPatch": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "targetValue": {"type": "number", "minimum": -1e12, "maximum": 1e12},
+            "deadline": _TIME,
+            "status": {"enum": ["active", "achieved", "missed", "cancelled"]},
+        },
+    },
+}
+
+API_PATHS: Final[dict[str, dict[str, Any]]] = {
+    "/api/v1/metrics/profile": _series(["5m", "1h", "1d"]),
+    "/api/v1/metrics/engagement": _series(["1h", "1d"]),
+    "/api/v1/metrics/summary": {
+        "get": {
+            "security": _BEARER,
+            "parameters": [_USER],
+            "responses": {"200": {**_ok(_ANY), "headers": _CACHED}, **_errors()},
+        }
+    },
+    "/api/v1/metrics/catalog": {
+        "get": {"security": _BEARER, "responses": {"200": _ok(_ANY), **_errors()}}
+    },
+    "/api/v1/metrics/aggregations": {
+        "get": {
+            "security": _BEARER,
+            "parameters": [
+                _USER,
+                _query(
+                    "name", "one derived series (default all)", {"enum": list(AGGREGATION_NAMES)}
+                ),
+                _FROM,
+                _TO,
+            ],
+            "responses": {"200": {**_ok(_ANY), "headers": _CACHED}, **_errors(400)},
+        }
+    },
+    "/api/v1/events": {
+        "get": {
+            "security": _BEARER,
+            "parameters": [
+                _USER,
+                _query("cursor", "nextCursor of the previous page", {"type": "string"}),
+                _query(
+                    "limit", "events per page", {"type": "integer", "minimum": 1, "maximum": 200}
+                ),
+                _query(
+                    "type",
+                    "comma-separated event types",
+                    {"type": "string", "description": ", ".join(sorted(EVENT_TYPES))},
+                ),
+            ],  # fmt: skip
+            "responses": {"200": {**_ok(_ANY), "headers": _CACHED}, **_errors(400)},
+        }
+    },
+    "/api/v1/goals": {
+        "get": {
+            "security": _BEARER,
+            "parameters": [
+                _USER,
+                _query(
+                    "status",
+                    "only goals of this status",
+                    {"enum": ["active", "achieved", "missed", "cancelled"]},
+                ),
+            ],  # fmt: skip
+            "responses": {"200": _ok(_ANY), **_errors(400)},
+        },
+        "post": {
+            "security": _BEARER,
+            "parameters": [_USER],
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": {"$ref": "#/components/schemas/GoalIn"}}},
+            },
+            "responses": {"201": _ok(_GOAL, "created"), **_errors(400, 409, 415, 422)},
+        },
+    },
+    "/api/v1/goals/{goal_id}": {
+        "get": {
+            "security": _BEARER,
+            "parameters": [_GOAL_ID, _USER],
+            "responses": {"200": _ok(_GOAL), **_errors(404)},
+        },
+        "patch": {
+            "security": _BEARER,
+            "parameters": [_GOAL_ID, _USER],
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": {"$ref": "#/components/schemas/GoalPatch"}}},
+            },
+            "responses": {"200": _ok(_GOAL), **_errors(400, 404, 415, 422)},
+        },
+        "delete": {
+            "security": _BEARER,
+            "parameters": [_GOAL_ID, _USER],
+            "responses": {"204": {"description": "deleted"}, **_errors(404)},
+        },
+    },
+}

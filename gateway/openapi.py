@@ -1,0 +1,387 @@
+"""`GET /openapi.json`: the HTTP contract as OpenAPI 3.1.
+
+Written by hand next to the routes rather than generated, so the contract is reviewed when it
+changes; `tests/test_openapi.py` walks `app.router` and fails when a route is missing here (or
+documented but gone), and a schemathesis run checks every response against these schemas.
+Route groups that keep their description next to their routes contribute it here
+(`gateway/api_openapi.py` for `/api/v1`); `document()` merges them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from gateway.admin_seed import SEED_PATHS
+from gateway.api_openapi import API_PATHS, API_SCHEMAS
+from schemas.events import EVENT_TYPES, MAX_PROPERTIES_BYTES
+
+__all__ = ["PATHS", "document", "routes"]
+
+routes = web.RouteTableDef()
+
+JSON: Final = "application/json"
+_BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_RETRY_AFTER: Final = {"Retry-After": {"schema": {"type": "string"}}}
+_RATE_LIMITED: Final = _json(_ref("Error"), "rate limit spent", headers=_RETRY_AFTER)
+_UNAVAILABLE: Final = _json(_ref("Error"), "a dependency is unavailable", headers=_RETRY_AFTER)
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "malformed request",
+        401: "missing or invalid bearer token",
+        403: "the token's role may not do this",
+        409: "conflict",
+        413: "request body too large",
+        415: "unsupported Content-Type",
+        422: "the request is well-formed but invalid",
+        503: "a dependency is unavailable",
+        504: "not committed in time",
+    }
+    out: dict[str, Any] = {str(s): _error(texts[s]) for s in statuses}
+    if 503 in statuses:
+        out["503"] = _UNAVAILABLE
+    out["429"] = _RATE_LIMITED
+    return out
+
+
+_ANY_OBJECT: Final = {"type": "object", "additionalProperties": True}
+_WAIT_PARAMS: Final = [
+    {
+        "name": "wait",
+        "in": "query",
+        "description": "answer only once every event is committed in TimescaleDB",
+        "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+    },
+    {
+        "name": "timeout",
+        "in": "query",
+        "description": "seconds to wait with wait=true (default 10)",
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+    },
+]
+_INGEST_ERRORS: Final = _errors(400, 401, 403, 413, 415, 422, 503, 504)
+
+SCHEMAS: Final[dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Event": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user_id", "type"],
+        "properties": {
+            "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "user_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": "^[A-Za-z0-9_.:-]+$",
+            },
+            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
+            "time": {"type": "string", "format": "date-time"},
+            "value": {"type": "number", "minimum": 0, "maximum": 1e12},
+            "properties": {
+                "type": "object",
+                "description": f"at most {MAX_PROPERTIES_BYTES} bytes encoded",
+            },
+        },
+    },
+    "EventResult": {
+        "type": "object",
+        "required": ["event_id", "status"],
+        "properties": {
+            "event_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["accepted", "duplicate"]},
+        },
+    },
+    "BatchResult": {
+        "type": "object",
+        "required": ["accepted", "duplicates", "rejected", "results"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "duplicates": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "status"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "event_id": {"type": "string"},
+                        "status": {"enum": ["accepted", "duplicate", "rejected"]},
+                        "error": {"type": "object"},
+                    },
+                },
+            },
+        },
+    },
+    "Checks": {
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "required": ["ok", "ms"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "ms": {"type": "number"},
+                "reason": {"type": "string"},
+            },
+        },
+    },
+}
+
+PATHS: Final[dict[str, dict[str, Any]]] = {
+    "/health": {
+        "get": {
+            "summary": "Liveness: the process answers",
+            "responses": {"200": _json(_ANY_OBJECT, "alive")},
+        }
+    },
+    "/ready": {
+        "get": {
+            "summary": "Readiness: Redis, TimescaleDB and migrations",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "checks"],
+                        "properties": {"status": {"const": "ready"}, "checks": _ref("Checks")},
+                    },
+                    "ready",
+                ),
+                "503": _json(
+                    {
+                        "allOf": [
+                            _ref("Error"),
+                            {
+                                "type": "object",
+                                "required": ["checks"],
+                                "properties": {"checks": _ref("Checks")},
+                            },
+                        ]
+                    },
+                    "not ready; one reason per failing check",
+                ),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus text exposition",
+            "responses": {
+                "200": {
+                    "description": "metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/status": {
+        "get": {
+            "summary": "Streams, groups, DLQ, database and process figures",
+            "security": _BEARER,
+            "responses": {"200": _json(_ANY_OBJECT, "status"), **_errors(401)},
+        }
+    },
+    "/ws": {
+        "get": {
+            "summary": "WebSocket dashboards (also on WS_PORT at `/`); see the README",
+            "description": "Upgrade with a bearer token in the Authorization header, the "
+            "`token` query parameter or Sec-WebSocket-Protocol.",
+            "responses": {
+                "101": {"description": "switched to the WebSocket protocol"},
+                **_errors(400, 401, 403),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json(_ANY_OBJECT, "OpenAPI 3.1")},
+        }
+    },
+    "/ingest/event": {
+        "post": {
+            "summary": "Ingest one event",
+            "security": _BEARER,
+            "parameters": [
+                *_WAIT_PARAMS,
+                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+            ],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("Event")}}},
+            "responses": {
+                "202": _json(_ref("EventResult"), "accepted or a duplicate"),
+                "200": _json(_ref("EventResult"), "committed (wait=true)"),
+                **_INGEST_ERRORS,
+            },
+        }
+    },
+    "/ingest/events": {
+        "post": {
+            "summary": "Ingest a batch (JSON array or NDJSON)",
+            "security": _BEARER,
+            "parameters": _WAIT_PARAMS,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {"schema": {"type": "array", "items": _ref("Event")}},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "202": _json(_ref("BatchResult"), "at least one accepted or duplicate"),
+                "200": _json(_ref("BatchResult"), "committed (wait=true)"),
+                **_INGEST_ERRORS,
+                "422": _json({"anyOf": [_ref("BatchResult"), _ref("Error")]}, "nothing accepted"),
+            },
+        }
+    },
+    "/admin/migrate": {
+        "post": {
+            "summary": "Apply pending migrations (admin)",
+            "security": _BEARER,
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["applied", "version"],
+                        "properties": {
+                            "applied": {"type": "array"},
+                            "version": {"type": "integer"},
+                        },
+                    },
+                    "what ran",
+                ),
+                **_errors(401, 403, 409, 503),
+            },
+        }
+    },
+    "/admin/dlq": {
+        "get": {
+            "summary": "Dead letters, oldest first (admin)",
+            "security": _BEARER,
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["total", "letters", "next"],
+                        "properties": {
+                            "total": {"type": "integer"},
+                            "letters": {"type": "array"},
+                            "next": {"type": ["string", "null"]},
+                        },
+                    },
+                    "a page of dead letters",
+                ),
+                **_errors(400, 401, 403, 503),
+            },
+        }
+    },
+    "/admin/dlq/replay": {
+        "post": {
+            "summary": "Replay dead letters into their partition streams, each once (admin)",
+            "security": _BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "ids": {
+                                    "type": "array",
+                                    "maxItems": 10000,
+                                    "items": {
+                                        "type": "string",
+                                        "pattern": "^[0-9]{1,20}-[0-9]{1,20}$",
+                                    },
+                                },
+                                "all": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["replayed", "results", "more"],
+                        "properties": {
+                            "replayed": {"type": "integer"},
+                            "results": {"type": "array"},
+                            "more": {"type": "boolean"},
+                        },
+                    },
+                    "what was replayed",
+                ),
+                **_errors(401, 403, 422, 503),
+            },
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "inergize-analytics gateway", "version": "0.1.0"},
+        "paths": {**PATHS, **API_PATHS, **SEED_PATHS},
+        "components": {
+            "schemas": {**SCHEMAS, **API_SCHEMAS},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+_BODY: Final = orjson.dumps(document())
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_BODY, content_type=JSON)

@@ -1,0 +1,102 @@
+"""Security headers on every response and CORS from the `CORS_ORIGINS` allow-list.
+
+Headers (the Helmet.js set that applies to a JSON API):
+- `X-Content-Type-Options: nosniff`: a browser never guesses a JSON body into HTML or script;
+- `X-Frame-Options: DENY` and CSP `frame-ancestors 'none'` (old and new browsers): no page may
+  frame ours; `default-src 'none'` since the API serves no page that loads anything;
+- `Referrer-Policy: no-referrer`: URLs (which may carry a `token` query parameter for a
+  WebSocket) never leak to another site;
+- `Strict-Transport-Security` only when the request came over TLS, directly or as the proxy in
+  front reports with `X-Forwarded-Proto: https`: sent over plain HTTP it would be ignored at
+  best, and it must not pin a development host on loopback to HTTPS.
+
+CORS: a browser origin listed in `CORS_ORIGINS` (exact `scheme://host[:port]`, or `*`) gets
+`Access-Control-Allow-Origin` echoing it, with `Vary: Origin` so caches keep answers apart.
+Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered here with 204 for an
+allowed origin and 403 otherwise, before routing, so every route supports them. Credentials
+(cookies) are never allowed: the API authenticates with bearer tokens only.
+
+Both are applied from `on_response_prepare`, so they reach responses aiohttp builds itself
+(404 from the router, 500 from an unhandled exception) as well as the handlers' own.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import ApiError
+from gateway.keys import SETTINGS
+
+__all__ = ["SECURITY_HEADERS", "on_response_prepare", "preflight_middleware"]
+
+SECURITY_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+# Two years with subdomains: the value the HSTS preload list asks for.
+_HSTS: Final = "max-age=63072000; includeSubDomains"
+_ALLOWED_METHODS: Final = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+# Headers a browser client of this API sends beyond the CORS-safelisted ones.
+_ALLOWED_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+# What a browser script may read from a response beyond the safelisted headers.
+_EXPOSED_HEADERS: Final = (
+    "X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+)
+# Browsers cap this anyway (Chromium at 2 h); ten minutes saves most preflights.
+_MAX_AGE: Final = "600"
+
+
+def _is_tls(request: web.Request) -> bool:
+    if request.secure:
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto", "")
+    # A chain of proxies lists protocols left to right; the first is the client's.
+    return forwarded.split(",", 1)[0].strip().lower() == "https"
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get(hdrs.ORIGIN)
+    if not origin:
+        return None
+    allowed = request.app[SETTINGS].cors_origins
+    if origin in allowed or "*" in allowed:
+        return origin
+    return None
+
+
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if _is_tls(request):
+        headers.setdefault("Strict-Transport-Security", _HSTS)
+    if request.headers.get(hdrs.ORIGIN):
+        headers.add(hdrs.VARY, "Origin")
+        origin = _allowed_origin(request)
+        if origin is not None:
+            headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+            headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = _EXPOSED_HEADERS
+
+
+@web.middleware
+async def preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights before routing; everything else passes through."""
+    if request.method != hdrs.METH_OPTIONS or (
+        hdrs.ACCESS_CONTROL_REQUEST_METHOD not in request.headers
+    ):
+        return await handler(request)
+    if _allowed_origin(request) is None:
+        raise ApiError(403, "origin_not_allowed", "this origin is not in CORS_ORIGINS")
+    return web.Response(
+        status=204,
+        headers={
+            hdrs.ACCESS_CONTROL_ALLOW_METHODS: _ALLOWED_METHODS,
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _ALLOWED_HEADERS,
+            hdrs.ACCESS_CONTROL_MAX_AGE: _MAX_AGE,
+        },
+    )

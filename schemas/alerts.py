@@ -1,0 +1,59 @@
+"""The `ia:alerts` entry: what the alerting stage appends and every gateway's fan-out reads.
+
+One entry per fired alert, fields `v` (the format version, `1`) and `alert` (the `Alert` below
+as JSON, camelCase). The producer (the alerting stage) does not exist yet; this is the contract
+it will write to, and tests append entries with `alert_entry()` exactly as it will.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from schemas.events import UserId
+
+__all__ = [
+    "ALERT_ENTRY_VERSION",
+    "ALERT_FIELD",
+    "Alert",
+    "Severity",
+    "alert_decoder",
+    "alert_entry",
+]
+
+# Bumped only for an incompatible change; readers skip (and count) versions they do not know.
+ALERT_ENTRY_VERSION: Final = 1
+ALERT_FIELD: Final = "alert"
+
+Severity = Literal["info", "warning", "critical"]
+# RFC 3339 with a zone, as the worker writes `asOf` (`2025-01-31T12:00:00.000Z`).
+Timestamp = Annotated[str, msgspec.Meta(min_length=20, max_length=40)]
+
+
+class Alert(msgspec.Struct, frozen=True, rename="camel"):
+    """A fired alert rule: `metric` reached `value`, crossing `threshold`.
+
+    `as_of` is the event time of the newest data the rule saw (defaults to `triggered_at`).
+    Unknown fields are ignored so the producer can add fields before the readers know them.
+    """
+
+    alert_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    user_id: UserId
+    rule_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    metric: str
+    value: float | None
+    threshold: float
+    severity: Severity
+    message: Annotated[str, msgspec.Meta(max_length=1024)]
+    triggered_at: Timestamp
+    as_of: Timestamp | None = None
+
+
+alert_decoder: Final = msgspec.json.Decoder(Alert)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def alert_entry(alert: Alert) -> dict[str, Any]:
+    """The stream fields of one alert, ready for XADD."""
+    return {"v": ALERT_ENTRY_VERSION, ALERT_FIELD: _encoder.encode(alert)}

@@ -1,0 +1,189 @@
+"""The API's Redis cache: hits after a first call, per-user invalidation by the processor's
+commit and by goal writes, no stale answer across a commit, and the API without Redis or
+without TimescaleDB."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.cache import CACHE_TIMEOUT_S, ApiCache
+from schemas.settings import Settings
+from sinks.cache_generations import entry_key, generation_key, invalidate
+from tests.api_support import (
+    HOUR_US,
+    ApiEnv,
+    api_env,
+    cache_count,
+    iso,
+    new_user,
+    now_us,
+    random_events,
+)
+from tests.streams_helpers import make_event
+
+PROFILE = "/api/v1/metrics/profile"
+# Series with explicit bounds: with the default `to` (now) the key moves to the next bucket
+# at each boundary, which would turn a hit into a miss in the middle of a test.
+_SINCE = iso(datetime.now(UTC) - timedelta(days=1))
+_UNTIL = iso(datetime.now(UTC) + timedelta(hours=1))
+CACHED = [
+    (PROFILE, {"bucket": "5m", "from": _SINCE, "to": _UNTIL}),
+    ("/api/v1/metrics/engagement", {"bucket": "1d", "from": _SINCE, "to": _UNTIL}),
+    ("/api/v1/metrics/summary", {}),
+    ("/api/v1/metrics/aggregations", {"name": "engagement_rate_7d"}),
+    ("/api/v1/events", {"limit": "5"}),
+]
+
+
+@pytest.fixture
+async def env(migrated: Settings) -> AsyncIterator[ApiEnv]:
+    async with api_env(migrated) as e:
+        yield e
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("path", "params"), CACHED)
+async def test_hit_after_a_first_call_until_new_data_for_that_user(
+    env: ApiEnv, path: str, params: dict[str, str]
+) -> None:
+    alice, bob = new_user("alice"), new_user("bob")
+    rng = random.Random(11)
+    await env.store(
+        random_events(alice, rng, 80, now_us() - 3 * HOUR_US, 3 * HOUR_US)
+        + random_events(bob, rng, 80, now_us() - 3 * HOUR_US, 3 * HOUR_US)
+    )
+    hits, misses = cache_count("hit"), cache_count("miss")
+    s1, first, h1 = await env.get(path, alice, **params)
+    s2, second, h2 = await env.get(path, alice, **params)
+    assert (s1, s2) == (200, 200), first
+    assert (h1["X-Cache"], h2["X-Cache"]) == ("miss", "hit")
+    assert second == first
+    assert (cache_count("hit") - hits, cache_count("miss") - misses) == (1, 1)
+    _, _, hb = await env.get(path, bob, **params)
+    assert hb["X-Cache"] == "miss"  # one user's entry never answers for another
+    _, _, hb = await env.get(path, bob, **params)
+    assert hb["X-Cache"] == "hit"
+
+    # New data for Alice, through the processor as the worker stores it.
+    t = now_us() - 10**6
+    await env.store(
+        [make_event(alice, kind, value=3, time_us=t) for kind in ("post_like", "profile_view")]
+    )
+    _, third, h3 = await env.get(path, alice, **params)
+    assert h3["X-Cache"] == "miss"
+    if path != "/api/v1/metrics/aggregations":  # the maintenance task computes those
+        assert third != first
+    _, _, hb = await env.get(path, bob, **params)
+    assert hb["X-Cache"] == "hit"  # Bob's answers were not invalidated
+
+
+async def test_entries_are_per_parameters_and_live_for_the_ttl(env: ApiEnv) -> None:
+    user = new_user()
+    await env.store([make_event(user, "profile_view", value=2, time_us=now_us() - 10**6)])
+    _, _, h = await env.get(PROFILE, user, bucket="1h")
+    assert h["X-Cache"] == "miss"
+    _, daily, h = await env.get(PROFILE, user, bucket="1d")
+    assert h["X-Cache"] == "miss"
+    _, _, h = await env.get(PROFILE, user, bucket="1h")
+    assert h["X-Cache"] == "hit"
+    keys = [k async for k in env.redis.scan_iter(match=entry_key(user, "*"))]
+    assert len(keys) == 2
+    for key in keys:
+        assert 290_000 < await env.redis.pttl(key) <= 300_000
+    assert daily["totals"]["profileViews"] == 2
+
+
+async def test_an_answer_computed_across_a_commit_is_never_served(env: ApiEnv) -> None:
+    """Lookup (miss), then a commit invalidates, then the answer computed from the data before
+    the commit is stored: the next lookup must miss, not serve it."""
+    cache = ApiCache(env.redis, ttl_s=300)
+    user = new_user()
+    first = await cache.lookup(user, "k")
+    assert first.body is None and first.generation is not None
+    await invalidate(env.redis, [user])
+    await cache.store(user, "k", first.generation, b'{"stale": true}')
+    again = await cache.lookup(user, "k")
+    assert again.body is None and again.result == "miss"
+    await cache.store(user, "k", again.generation or b"", b'{"fresh": true}')
+    assert (await cache.lookup(user, "k")).body == b'{"fresh": true}'
+    # A generation that expired is replaced by a new token, never by an old one.
+    await env.redis.delete(generation_key(user))
+    assert (await cache.lookup(user, "k")).body is None
+
+
+async def test_goal_writes_invalidate_the_summary(env: ApiEnv) -> None:
+    user = new_user()
+    summary = "/api/v1/metrics/summary"
+    _, before, _ = await env.get(summary, user)
+    _, _, h = await env.get(summary, user)
+    assert h["X-Cache"] == "hit" and before["goals"] == []
+    goal = {"metric": "followers", "targetValue": 10, "deadline": "2099-01-01T00:00:00Z"}
+    status, created, _ = await env.call("POST", "/api/v1/goals", user, json=goal)
+    assert status == 201
+    _, after, h = await env.get(summary, user)
+    assert h["X-Cache"] == "miss"
+    assert [g["id"] for g in after["goals"]] == [created["id"]]
+
+
+async def test_cache_off(migrated: Settings) -> None:
+    async with api_env(migrated, api_cache_ttl=0.0) as env:
+        user = new_user()
+        for _ in range(2):
+            status, _, headers = await env.get(PROFILE, user)
+            assert status == 200 and "X-Cache" not in headers
+        assert [k async for k in env.redis.scan_iter(match="ia:cache:*")] == []
+
+
+async def test_the_api_answers_without_redis(migrated: Settings) -> None:
+    async with api_env(migrated, redis_port=closed_port()) as env:
+        user = new_user()
+        await env.store([make_event(user, "profile_view", value=4, time_us=now_us() - 10**6)])
+        errors = cache_count("error")
+        status, body, headers = await env.get(PROFILE, user)
+        assert status == 200 and headers["X-Cache"] == "error"
+        assert body["totals"]["profileViews"] == 4
+        assert cache_count("error") == errors + 1
+
+
+async def test_a_stalled_redis_does_not_stall_the_api(migrated: Settings) -> None:
+    """A Redis that accepts connections and never answers: answers come uncached, on time."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with api_env(migrated, redis_port=port) as env:
+            started = time.monotonic()
+            status, _, headers = await env.get(PROFILE, new_user())
+            assert status == 200 and headers["X-Cache"] == "error"
+            assert time.monotonic() - started < 3 * CACHE_TIMEOUT_S + 1
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_database_down_is_a_503(migrated: Settings) -> None:
+    async with api_env(migrated, timescale_port=closed_port()) as env:
+        status, body, headers = await env.get(PROFILE, new_user())
+        assert status == 503
+        assert body["error"]["code"] == "database_unavailable"
+        assert headers["Retry-After"] == "5"
