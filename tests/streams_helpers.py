@@ -53,3 +53,12 @@ async def read_stream(client: redis.Redis, key: str) -> list[tuple[str, dict[byt
     """Every entry of `key`, typed for tests (redis-py types replies loosely)."""
     raw: Any = await client.xrange(key)
     return [(entry_id.decode(), dict(fields)) for entry_id, fields in raw]
+
+
+async def unprocessed(client: redis.Redis, settings: Settings) -> int:
+    """Events appended to the partition streams and not yet acknowledged by the processor."""
+    total = 0
+    for p in range(settings.stream_partitions):
+        counters: Any = await client.hgetall(backlog_key(p))
+        total += int(counters.get(b"appended", 0)) - int(counters.get(b"acked", 0))
+    return total

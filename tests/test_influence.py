@@ -16,8 +16,7 @@ from pipeline.stages.enrich import INFLUENCE_KEY, read_scores, write_scores
 from pipeline.worker import open_redis, run_worker
 from schemas.influence import influence_score
 from schemas.settings import Settings
-from schemas.streams import backlog_key
-from tests.streams_helpers import append, make_event
+from tests.streams_helpers import append, make_event, unprocessed
 
 INPUTS = ("connections", "profile_views_7d", "engagement_rate", "profile_completeness")
 
@@ -115,11 +114,7 @@ async def test_replaying_a_batch_gives_the_same_score(
             async with asyncio.timeout(15):
                 while True:
                     await asyncio.sleep(0.05)
-                    pending = 0
-                    for p in range(s.stream_partitions):
-                        h = await client.hgetall(backlog_key(p))
-                        pending += int(h.get(b"appended", 0)) - int(h.get(b"acked", 0))
-                    if pending == 0:
+                    if await unprocessed(client, s) == 0:
                         break
         finally:
             stop.set()

@@ -21,12 +21,11 @@ from schemas.streams import (
     DLQ_STREAM,
     METRICS_STREAM,
     PROCESSOR_GROUP,
-    backlog_key,
     events_stream,
     partition_of,
 )
 from sinks.db import connect
-from tests.streams_helpers import append, make_event, read_stream
+from tests.streams_helpers import append, make_event, read_stream, unprocessed
 
 
 @pytest.fixture
@@ -51,11 +50,7 @@ async def _drain(s: Settings, client: redis.Redis, limit_s: float = 15.0) -> Non
         async with asyncio.timeout(limit_s):
             while True:
                 await asyncio.sleep(0.05)
-                backlog = 0
-                for p in range(s.stream_partitions):
-                    h = await client.hgetall(backlog_key(p))
-                    backlog += int(h.get(b"appended", 0)) - int(h.get(b"acked", 0))
-                if backlog == 0:
+                if await unprocessed(client, s) == 0:
                     break
     finally:
         stop.set()

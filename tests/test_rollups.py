@@ -20,10 +20,10 @@ import redis.asyncio as redis
 
 from pipeline.worker import open_redis, run_worker
 from schemas.settings import Settings
-from schemas.streams import METRICS_STREAM, backlog_key
+from schemas.streams import METRICS_STREAM
 from sinks.db import connect
 from sinks.rollups import ROLLUPS, edition
-from tests.streams_helpers import append, make_event
+from tests.streams_helpers import append, make_event, unprocessed
 
 PROFILE_COLUMNS: tuple[str, ...] = (
     "profile_views",
@@ -108,10 +108,7 @@ async def _settle(s: Settings, client: redis.Redis) -> None:
         async with asyncio.timeout(30):
             while True:
                 await asyncio.sleep(0.1)
-                backlog = 0
-                for p in range(s.stream_partitions):
-                    h = await client.hgetall(backlog_key(p))
-                    backlog += int(h.get(b"appended", 0)) - int(h.get(b"acked", 0))
+                backlog = await unprocessed(client, s)
                 groups = await client.xinfo_groups(METRICS_STREAM) if backlog == 0 else []
                 rollup = [g for g in groups if g["name"] == b"rollup"]
                 if backlog == 0 and (
