@@ -91,7 +91,9 @@ end
 return out
 """
 _SHA: Final = hashlib.sha1(GCRA_LUA.encode(), usedforsecurity=False).hexdigest()
-_PREFIX: Final = "ia:rl"
+# One hash tag for every limiter key: a request's subject and IP keys are checked in one script
+# call, which on a Redis Cluster needs both on one slot.
+_PREFIX: Final = "{ia:rl}"
 _EXEMPT: Final = frozenset({"/health", "/ready", "/metrics"})
 _HEADERS: Final = web.RequestKey("ratelimit_headers", dict[str, str])
 
