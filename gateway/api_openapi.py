@@ -33,7 +33,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         422: "the body is well-formed but invalid; `field` names the value",
         503: "TimescaleDB is unavailable",
     }
-    return {str(s): _ok(error, texts[s]) for s in (*statuses, 401, 403, 503)}
+    # Every operation reads `userId` (an admin's choice of user), so any may answer 400.
+    return {str(s): _ok(error, texts[s]) for s in (400, *statuses, 401, 403, 503)}
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ Why not current_values itself: its lookups have no lower time bound and join the
 so PostgreSQL plans every chunk of profile_metrics several times over: 0.48 s per call after
 30 days of history, 2.5 s after 90 (about 1,400 chunks) on our bench machine. Here every query
 is for one user (so the hash dimension is excluded at plan time) with constant time bounds
-(so are old chunks), 5-30 ms in all:
+(so are old chunks), 5-10 ms in all on the same machine:
 
 - window sums take whole hours from the hourly rollups, the partial hour at the window's start
   and everything newer than ROLLUP_MARGIN from raw rows (as the series do);
