@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as redis
 
 from pipeline.worker import open_redis, run_worker
+from schemas.events import EVENT_TYPES
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
 from sinks.db import connect
@@ -46,20 +47,8 @@ ENGAGEMENT_COLUMNS: tuple[str, ...] = (
     "engagement_rate",
     "events",
 )
-TYPES = [
-    "profile_view",
-    "search_appearance",
-    "connection_added",
-    "connection_removed",
-    "message_received",
-    "post_published",
-    "post_impression",
-    "post_like",
-    "post_comment",
-    "post_share",
-    "profile_snapshot",
-    "profile_update",
-]
+# Every event type, in a fixed order so a seeded generator draws the same sequence.
+TYPES = sorted(EVENT_TYPES)
 
 
 @pytest.fixture
