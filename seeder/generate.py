@@ -32,6 +32,10 @@ __all__ = ["SeedReport", "clear", "generate_user", "seed", "seed_status", "user_
 HOUR: Final = timedelta(hours=1)
 # Rows per COPY transaction: large enough for COPY's speed, small enough to show progress.
 _FLUSH_ROWS: Final = 50_000
+# Rollups are levelled for this many users and this much history per transaction: one
+# transaction over all of it would open and lock every chunk of the span at once.
+_LEVEL_USERS: Final = 100
+_LEVEL_SPAN: Final = timedelta(days=7)
 _TABLES: Final = ("profile_metrics", "engagement_metrics", "real_time_events")
 
 
@@ -248,6 +252,28 @@ def generate_user(index: int, user: str, seed: int, days: int, until: datetime) 
     return rows
 
 
+async def _level_rollups(conn: Conn, ids: list[str], start: datetime, end: datetime) -> None:
+    """Make the rollups equal to the rows just written: refresh the continuous aggregates
+    (full edition) or recompute our rollup tables (Apache)."""
+    if await edition(conn) == "timescale":
+        for rollup in (
+            "profile_metrics_5min",
+            "profile_metrics_hourly",
+            "profile_metrics_daily",
+            "engagement_hourly",
+        ):
+            await conn.execute(
+                f"CALL refresh_continuous_aggregate('{rollup}', $1, $2)", start, end + HOUR
+            )
+    else:
+        for i in range(0, len(ids), _LEVEL_USERS):
+            lo = start
+            while lo < end:
+                hi = min(lo + _LEVEL_SPAN, end)
+                await recompute(conn, {u: (lo, hi) for u in ids[i : i + _LEVEL_USERS]})
+                lo = hi
+
+
 async def seed(
     conn: Conn,
     *,
@@ -288,19 +314,7 @@ async def seed(
         if progress:
             _bar(i + 1, len(ids), sum(report.rows.values()))
     start = end - timedelta(days=days)
-    if await edition(conn) == "timescale":
-        for rollup in (
-            "profile_metrics_5min",
-            "profile_metrics_hourly",
-            "profile_metrics_daily",
-            "engagement_hourly",
-        ):
-            await conn.execute(
-                f"CALL refresh_continuous_aggregate('{rollup}', $1, $2)", start, end + HOUR
-            )
-    else:
-        for i in range(0, len(ids), 100):
-            await recompute(conn, {u: (start, end) for u in ids[i : i + 100]})
+    await _level_rollups(conn, ids, start, end)
     await add_goals_and_rules(conn, ids, seed, end)
     report.seconds = (datetime.now(UTC) - started).total_seconds()
     await conn.execute(

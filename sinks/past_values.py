@@ -36,7 +36,15 @@ from schemas.metrics import CURRENT_WINDOW_DAYS
 from sinks.db import Conn
 from sinks.queries import ROLLUP_MARGIN
 
-__all__ = ["RECENT_DAYS", "live_values", "values_at"]
+__all__ = [
+    "RECENT_DAYS",
+    "Figures",
+    "live_values",
+    "net_before",
+    "older_figures",
+    "recent_start",
+    "values_at",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR: Final = timedelta(hours=1)
@@ -108,17 +116,23 @@ WHERE user_id = $1 AND connections IS NOT NULL AND time >= $2 AND time < $3
 ORDER BY time DESC LIMIT 1
 """
 
-# Net connection changes: raw rows in ($2, $3), whole days [$3, $4) from the daily rollup,
-# raw rows in [$4, $5].
-_NET: Final = """
+# Net connection changes before $4: raw rows in ($2, $3), whole days [$3, $4) from the daily
+# rollup.
+_NET_BEFORE: Final = """
 SELECT coalesce((SELECT sum(connections_added - connections_removed) FROM profile_metrics
                  WHERE user_id = $1 AND time > $2 AND time < $3), 0)
      + coalesce((SELECT sum(connections_added - connections_removed) FROM profile_metrics_daily
                  WHERE user_id = $1 AND bucket >= $3 AND bucket < $4), 0)
+"""
+
+# Net connection changes: as _NET_BEFORE, then raw rows in [$4, $5].
+_NET: Final = (
+    _NET_BEFORE.rstrip()  # noqa: S608 - two constants joined, no input
+    + """
      + coalesce((SELECT sum(connections_added - connections_removed) FROM profile_metrics
                  WHERE user_id = $1 AND time >= $4 AND time <= $5), 0)
 """
-
+)
 
 _NET_RAW: Final = """
 SELECT coalesce(sum(connections_added - connections_removed), 0) FROM profile_metrics
@@ -135,7 +149,7 @@ def _day(t: datetime) -> datetime:
 
 
 @dataclass
-class _Figures:
+class Figures:
     connections: int | None = None
     snapshot_time: datetime | None = None
     followers: int | None = None
@@ -154,17 +168,15 @@ class _Figures:
             self.completeness = completeness
 
 
-async def _figures(conn: Conn, user_id: str, at: datetime, upper: datetime) -> _Figures:
-    """The newest connections snapshot (count, time), followers and completeness up to
-    `upper`: raw rows of the last two days, then of RECENT_DAYS, then the daily rollup."""
-    found = _Figures()
-    recent = _day(at - timedelta(days=RECENT_DAYS))
-    for lower in (at - _FIRST_LOOK, recent):
-        r = await conn.fetchrow(_FIGURES, user_id, lower, upper)
-        assert r is not None  # noqa: S101 - an aggregate without GROUP BY returns one row
-        found.fill(r["connections"], r["snapshot_time"], r["followers"], r["completeness"])
-        if not found.missing():
-            return found
+def recent_start(at: datetime) -> datetime:
+    """Where raw rows stop being searched for the latest figures and the daily rollup takes
+    over: midnight RECENT_DAYS before `at`."""
+    return _day(at - timedelta(days=RECENT_DAYS))
+
+
+async def older_figures(conn: Conn, user_id: str, recent: datetime, found: Figures) -> None:
+    """Fill what `found` misses with the newest figures reported before `recent` (a day
+    boundary), found through the daily rollup."""
     older = await conn.fetchrow(_ROLLUP_FIGURES, user_id, recent)
     assert older is not None  # noqa: S101 - scalar subqueries: one row
     found.fill(None, None, older["followers"], older["completeness"])
@@ -173,14 +185,39 @@ async def _figures(conn: Conn, user_id: str, at: datetime, upper: datetime) -> _
         snapshot = await conn.fetchrow(_SNAPSHOT_IN_DAY, user_id, day, day + _DAY)
         if snapshot is not None:  # None only if raw rows were deleted under the rollup
             found.fill(snapshot["connections"], snapshot["time"], None, None)
+
+
+async def net_before(conn: Conn, user_id: str, after: datetime | None, recent: datetime) -> int:
+    """Net connection changes after `after` (every one when None) and before `recent` (a day
+    boundary not before `after`): raw rows to the end of `after`'s day, then whole days from
+    the daily rollup."""
+    if after is None:
+        net = await conn.fetchval(_NET_BEFORE, user_id, _BEFORE_ANY_ROW, _BEFORE_ANY_ROW, recent)
+    else:
+        net = await conn.fetchval(_NET_BEFORE, user_id, after, _day(after) + _DAY, recent)
+    return int(net)
+
+
+async def _figures(conn: Conn, user_id: str, at: datetime, upper: datetime) -> Figures:
+    """The newest connections snapshot (count, time), followers and completeness up to
+    `upper`: raw rows of the last two days, then of RECENT_DAYS, then the daily rollup."""
+    found = Figures()
+    recent = recent_start(at)
+    for lower in (at - _FIRST_LOOK, recent):
+        r = await conn.fetchrow(_FIGURES, user_id, lower, upper)
+        assert r is not None  # noqa: S101 - an aggregate without GROUP BY returns one row
+        found.fill(r["connections"], r["snapshot_time"], r["followers"], r["completeness"])
+        if not found.missing():
+            return found
+    await older_figures(conn, user_id, recent, found)
     return found
 
 
 async def _connections(
-    conn: Conn, user_id: str, found: _Figures, at: datetime, upper: datetime
+    conn: Conn, user_id: str, found: Figures, at: datetime, upper: datetime
 ) -> float:
     """The snapshot's count plus the net changes after it (all time without a snapshot)."""
-    recent = _day(at - timedelta(days=RECENT_DAYS))
+    recent = recent_start(at)
     after = found.snapshot_time
     if after is not None and after >= recent:  # a recent snapshot: every later row is raw
         net = await conn.fetchval(_NET_RAW, user_id, after, upper)
@@ -191,7 +228,7 @@ async def _connections(
     return float((found.connections or 0) + net)
 
 
-def _values(sums: Record, found: _Figures, connections: float) -> dict[str, float | None]:
+def _values(sums: Record, found: Figures, connections: float) -> dict[str, float | None]:
     impressions = float(sums["impressions"])
     interactions = float(sums["likes"] + sums["comments"] + sums["shares"])
     rate = interactions / impressions if impressions > 0 else None

@@ -43,6 +43,7 @@ SELECT time_bucket($4::interval, p.time) AS bucket, p.user_id,
        count(*) AS events
 FROM profile_metrics p
 JOIN spans t ON p.user_id = t.user_id AND p.time >= t.lo AND p.time < t.hi
+WHERE p.time >= $5 AND p.time < $6
 GROUP BY 1, 2
 """
 _PROFILE_COLUMNS: Final = (
@@ -66,6 +67,7 @@ SELECT time_bucket($4::interval, e.time) AS bucket, e.user_id,
        count(*) AS events
 FROM engagement_metrics e
 JOIN spans t ON e.user_id = t.user_id AND e.time >= t.lo AND e.time < t.hi
+WHERE e.time >= $5 AND e.time < $6
 GROUP BY 1, 2
 """
 _ENGAGEMENT_COLUMNS: Final = (
@@ -80,7 +82,9 @@ _ENGAGEMENT_COLUMNS: Final = (
 # One statement: compute the buckets, upsert them, and delete buckets of the span that no
 # longer have raw rows (possible only after a manual delete), so a recompute always leaves
 # the rollup equal to the raw data. All parts see one snapshot; the delete never touches a
-# row the upsert writes, since it only removes buckets absent from `fresh`.
+# row the upsert writes, since it only removes buckets absent from `fresh`. $5 and $6 bound
+# every span with constants: the joins alone exclude no chunk when the statement is planned,
+# so it would open (and lock) every chunk of the table.
 _STATEMENT: Final = """
 WITH spans AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(user_id, lo, hi)
@@ -95,6 +99,7 @@ upserted AS (
 removed AS (
     DELETE FROM {rollup} r USING spans t
     WHERE r.user_id = t.user_id AND r.bucket >= t.lo AND r.bucket < t.hi
+      AND r.bucket >= $5 AND r.bucket < $6
       AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = r.user_id AND f.bucket = r.bucket)
     RETURNING 1
 )
@@ -148,6 +153,8 @@ async def recompute(conn: Conn, touched: Mapping[str, tuple[datetime, datetime]]
         for rollup, (width, _) in ROLLUPS.items():
             lows = [_align(touched[u][0], width) for u in users]
             highs = [_align(touched[u][1], width) + width for u in users]
-            row = await conn.fetchrow(_STATEMENTS[rollup], users, lows, highs, width)
+            row = await conn.fetchrow(
+                _STATEMENTS[rollup], users, lows, highs, width, min(lows), max(highs)
+            )
             written += int(row["upserted"]) if row is not None else 0
     return written

@@ -18,14 +18,14 @@ from sinks.past_values import live_values, values_at
 from tests.api_support import DAY_US, ApiEnv, api_env, new_user, now_us, random_events
 from tests.streams_helpers import make_event
 
-# The definitions of schemas/metrics.py over raw rows up to $2, written the obvious way.
+# The definitions of schemas/metrics.py at $2 over raw rows up to $3, written the obvious way.
 RAW = """
 WITH w AS (SELECT * FROM profile_metrics
-           WHERE user_id = $1 AND time > $2::timestamptz - interval '7 days' AND time <= $2),
+           WHERE user_id = $1 AND time > $2::timestamptz - interval '7 days' AND time <= $3),
      e AS (SELECT * FROM engagement_metrics
-           WHERE user_id = $1 AND time > $2::timestamptz - interval '7 days' AND time <= $2),
+           WHERE user_id = $1 AND time > $2::timestamptz - interval '7 days' AND time <= $3),
      s AS (SELECT connections, time FROM profile_metrics
-           WHERE user_id = $1 AND connections IS NOT NULL AND time <= $2
+           WHERE user_id = $1 AND connections IS NOT NULL AND time <= $3
            ORDER BY time DESC LIMIT 1)
 SELECT (SELECT coalesce(sum(profile_views), 0) FROM w) AS "profileViews",
        (SELECT coalesce(sum(search_appearances), 0) FROM w) AS "searchAppearances",
@@ -37,12 +37,12 @@ SELECT (SELECT coalesce(sum(profile_views), 0) FROM w) AS "profileViews",
        (SELECT coalesce(sum(shares), 0) FROM e) AS shares,
        coalesce((SELECT connections FROM s), 0)
          + (SELECT coalesce(sum(connections_added - connections_removed), 0) FROM profile_metrics
-            WHERE user_id = $1 AND time <= $2
+            WHERE user_id = $1 AND time <= $3
               AND time > coalesce((SELECT time FROM s), '-infinity')) AS connections,
        (SELECT followers FROM profile_metrics WHERE user_id = $1 AND followers IS NOT NULL
-          AND time <= $2 ORDER BY time DESC LIMIT 1) AS followers,
+          AND time <= $3 ORDER BY time DESC LIMIT 1) AS followers,
        (SELECT profile_completeness FROM profile_metrics WHERE user_id = $1
-          AND profile_completeness IS NOT NULL AND time <= $2
+          AND profile_completeness IS NOT NULL AND time <= $3
           ORDER BY time DESC LIMIT 1) AS "profileCompleteness"
 """
 
@@ -53,8 +53,11 @@ async def env(migrated: Settings) -> AsyncIterator[ApiEnv]:
         yield e
 
 
-async def expected(conn: Conn, user: str, at: datetime) -> dict[str, Any]:
-    row = await conn.fetchrow(RAW, user, at)
+async def expected(
+    conn: Conn, user: str, at: datetime, upper: datetime | None = None
+) -> dict[str, Any]:
+    """The definitions at `at` over the rows up to `upper` (default `at`)."""
+    row = await conn.fetchrow(RAW, user, at, upper or at)
     assert row is not None
     out: dict[str, Any] = {k: (float(v) if v is not None else None) for k, v in row.items()}
     interactions = out["likes"] + out["comments"] + out["shares"]
@@ -155,3 +158,47 @@ async def test_live_values_equal_current_values(env: ApiEnv) -> None:
             assert await live_values(conn, user, now) == pytest.approx(live[user]), user
     assert live[ahead]["connections"] == 7777
     assert live[none]["followers"] is None and live[none]["connections"] != 0
+
+
+async def test_current_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -> None:
+    """current_values reads raw rows of the last RECENT_DAYS and the daily rollup before
+    them; for every kind of history it must give the definitions over all raw rows."""
+    rng = random.Random(5)
+    start = now_us() - 40 * DAY_US
+    span = 40 * DAY_US - 10**6
+    busy, old, none, partial, quiet = (
+        new_user(p) for p in ("busy", "old", "none", "partial", "quiet")
+    )
+    events = random_events(busy, rng, 1200, start, span)
+    # Snapshots only in the first weeks: found through the daily rollup, net changes since.
+    events += [
+        e
+        for e in random_events(old, rng, 600, start, span)
+        if e.type != "profile_snapshot" or e.time_us < start + 15 * DAY_US
+    ]
+    events += [
+        e
+        for e in random_events(none, rng, 300, start, span)
+        if e.type not in ("profile_snapshot", "profile_update")
+    ]
+    # A recent snapshot that reports only connections: followers and completeness are older.
+    events += [
+        make_event(partial, "profile_snapshot", time_us=start + DAY_US,
+                   properties={"connections": 40, "followers": 12, "profile_completeness": 70}),
+        make_event(partial, "connection_added", value=3, time_us=start + 2 * DAY_US),
+        make_event(partial, "profile_snapshot", time_us=now_us() - DAY_US,
+                   properties={"connections": 55}),
+        make_event(partial, "connection_added", value=2, time_us=now_us() - DAY_US + 10**6),
+    ]  # fmt: skip
+    # Nothing at all in the last RECENT_DAYS.
+    events += random_events(quiet, rng, 300, start, 20 * DAY_US)
+    await env.store(events)
+    users = [busy, old, none, partial, quiet, new_user("never")]
+    now = datetime.now(UTC)
+    async with env.pool.acquire() as conn:
+        got = await current_values(conn, users, now)
+        for user in users:
+            want = await expected(conn, user, now, datetime.max.replace(tzinfo=UTC))
+            assert got[user] == pytest.approx(want), user
+    assert got[partial]["connections"] == 57 and got[partial]["followers"] == 12
+    assert got[quiet]["profileViews"] == 0 and got[quiet]["followers"] is not None
