@@ -5,7 +5,9 @@
   (empty buckets are left out), oldest first, with totals. Buckets are UTC-aligned and every
   bucket overlapping [from, to) is returned whole; the answer's `from`/`to` are the aligned
   range. Defaults: `to` now, `from` 7 days earlier (2 days for 5m), `bucket` 1h.
-- `GET /api/v1/metrics/catalog`: the metric names the WebSocket and the goals accept.
+- `GET /api/v1/metrics/catalog`: `metrics`, the live metrics the WebSocket and the goals
+  accept; `aggregations`, the derived series (schemas/aggregations.py): `name` for
+  `/metrics/aggregations`, `metric` for a WebSocket `subscribe`.
 - `GET /api/v1/metrics/aggregations?name&from&to`: `metric_aggregations` rows (hourly points
   computed by the maintenance task), the range widened to whole hours; default the last 7 days.
 
@@ -38,6 +40,7 @@ from gateway.api import (
     reader,
 )
 from gateway.errors import ApiError
+from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
 from sinks.queries import (
     PROFILE_ROLLUPS,
@@ -47,7 +50,7 @@ from sinks.queries import (
     profile_series,
 )
 
-__all__ = ["AGGREGATION_NAMES", "SeriesRange", "profile_points", "routes"]
+__all__ = ["SeriesRange", "profile_points", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -61,15 +64,6 @@ _MAX_SPAN: Final[dict[str, timedelta]] = {
 _ENGAGEMENT_WIDTHS: Final = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 _PROFILE_WIDTHS: Final = {name: width for name, (_, width) in PROFILE_ROLLUPS.items()}
 
-# What the maintenance task writes to metric_aggregations (pipeline/maintenance.py), and the
-# period each is stored under.
-AGGREGATION_NAMES: Final[dict[str, str]] = {
-    "engagement_rate_7d": "7d",
-    "engagement_rate_30d": "30d",
-    "connection_growth_rate_30d": "30d",
-    "profile_views_wow": "7d",
-    "posting_cadence_30d": "30d",
-}
 _AGGREGATION_MAX_SPAN: Final = timedelta(days=90)
 
 _PROFILE_SUMS: Final = (
@@ -94,7 +88,16 @@ _CATALOG: Final = {
         {"name": m.name, "unit": m.unit, "description": m.description, "window": m.window}
         for m in CATALOGUE.values()
     ],
-    "aggregations": [{"name": n, "period": p} for n, p in AGGREGATION_NAMES.items()],
+    "aggregations": [
+        {
+            "name": a.name,
+            "metric": a.metric,
+            "period": a.period,
+            "unit": a.unit,
+            "description": a.description,
+        }
+        for a in AGGREGATIONS.values()
+    ],
 }
 
 
@@ -235,14 +238,14 @@ async def catalog(request: web.Request) -> web.Response:
 async def aggregations(request: web.Request) -> web.Response:
     _, user = reader(request)
     name = request.query.get("name")
-    if name is not None and name not in AGGREGATION_NAMES:
+    if name is not None and name not in AGGREGATIONS:
         raise ApiError(
             400,
             "invalid_parameter",
-            f"name must be one of {', '.join(AGGREGATION_NAMES)}",
+            f"name must be one of {', '.join(AGGREGATIONS)}",
             "name",
         )
-    names = [name] if name is not None else list(AGGREGATION_NAMES)
+    names = [name] if name is not None else list(AGGREGATIONS)
     hour = timedelta(hours=1)
     to = parse_time(request, "to") or datetime.now(UTC)
     since = parse_time(request, "from") or to - _DEFAULT_SPAN

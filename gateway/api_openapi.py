@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from gateway.api_metrics import AGGREGATION_NAMES
+from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.metrics import CATALOGUE
 
@@ -139,9 +139,7 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
             "security": _BEARER,
             "parameters": [
                 _USER,
-                _query(
-                    "name", "one derived series (default all)", {"enum": list(AGGREGATION_NAMES)}
-                ),
+                _query("name", "one derived series (default all)", {"enum": list(AGGREGATIONS)}),
                 _FROM,
                 _TO,
             ],

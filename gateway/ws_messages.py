@@ -21,6 +21,7 @@ from gateway.ws_metrics import RESUMES
 from gateway.ws_replay import ResyncNeeded, replay
 from gateway.ws_session import Session
 from gateway.ws_snapshots import SnapshotUnavailable, resync, send_snapshot
+from schemas.aggregations import AGGREGATION_METRICS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
 from schemas.ws import (
@@ -52,6 +53,10 @@ _CLIENT_TYPES: Final = frozenset(
     {"subscribe", "unsubscribe", "subscribe_alerts", "unsubscribe_alerts", "ping", "resume"}
 )
 _NO_SNAPSHOT: Final = "current values are unavailable now; live updates follow"
+# What `subscribe` accepts, and what an empty list means: the live catalogue and the derived
+# series (computed by the maintenance task, announced on ia:metrics like the others).
+_SUBSCRIBABLE: Final = (*CATALOGUE, *AGGREGATION_METRICS)
+_KNOWN: Final = frozenset(_SUBSCRIBABLE)
 
 
 class _Envelope(msgspec.Struct):
@@ -154,7 +159,7 @@ async def _subscribe(
     user = _target(session, data.user_id)
     if user is None:
         return
-    known = _known(session, data.metrics or list(CATALOGUE))
+    known = _known(session, data.metrics or list(_SUBSCRIBABLE))
     if not known:
         return
     if data.update_frequency is not None:
@@ -197,12 +202,12 @@ def _target(session: Session, requested: str | None) -> str | None:
 
 
 def _known(session: Session, names: list[str]) -> frozenset[str]:
-    """The catalogue names among `names`; an error names the others."""
-    unknown = sorted({n for n in names if n not in CATALOGUE})
+    """The subscribable names among `names`; an error names the others."""
+    unknown = sorted({n for n in names if n not in _KNOWN})
     if unknown:
         text = f"unknown metrics: {', '.join(unknown)}"
         session.send(error_frame("unknown_metric", text, unknown))
-    return frozenset(n for n in names if n in CATALOGUE)
+    return frozenset(n for n in names if n in _KNOWN)
 
 
 async def _resume(session: Session, fanout: Fanout, last_event_id: str) -> None:

@@ -1,6 +1,8 @@
 """Current values for sessions, from TimescaleDB, on subscribe and on resync.
 
-They come through `current_values`, the same definition the worker publishes. Requests arriving
+They come through `current_values`, the same definition the worker publishes, and for the
+derived series through `aggregation_values` (each one's newest point in metric_aggregations),
+the values the maintenance task compares with before it announces a change. Requests arriving
 while a query runs are answered by the next query, for all their users at once, so a
 reconnection storm of 10,000 dashboards costs a few queries, not 10,000. A snapshot's `id` is
 the last `ia:metrics` entry the fan-out had dispatched before the query: the worker appends an
@@ -25,6 +27,7 @@ from gateway.ws_frames import EntryKey, id_key, metrics_frame, notice_frame
 from gateway.ws_metrics import SENT
 from gateway.ws_session import Session
 from schemas.ws import MetricsData
+from sinks.aggregation_values import aggregation_values
 from sinks.current_values import CurrentValues, current_values
 
 __all__ = [
@@ -120,6 +123,9 @@ class SnapshotLoader:
             pool = await self._get_pool()
             async with pool.acquire() as conn:
                 values = await current_values(conn, users, at)
+                derived = await aggregation_values(conn, users, at)
+        for user, series in derived.items():
+            values.setdefault(user, {}).update(series)
         return Snapshot(entry_id, at, values)
 
 

@@ -3,7 +3,9 @@
 - Retention: with the Apache edition, `drop_chunks` on raw tables and rollups older than
   RETENTION_DAYS (daily rollups: 730 days); with the full edition the migration's policies do it.
 - Derived aggregations: per-user series in `metric_aggregations` that the rollups do not give
-  directly, recomputed as of now and upserted (so a rerun or a backfill just replaces them).
+  directly (schemas/aggregations.py names them), recomputed as of now and upserted (so a rerun
+  or a backfill just replaces them). Current values that changed are announced on `ia:metrics`
+  for WebSocket subscribers, after the changed users' cached API answers are invalidated.
 - A report: edition, chunk counts, compressed chunks, how far each rollup lags its raw data.
 Workers run it every MAINTENANCE_INTERVAL, one replica at a time through a Redis lock.
 """
@@ -13,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
+from pipeline.aggregations import AggregationRun, compute_aggregations, publish_aggregations
 from schemas.settings import Settings
 from sinks.db import Conn, connect
 from sinks.rollups import ROLLUPS, edition
 
-__all__ = ["AGGREGATIONS", "compute_aggregations", "report", "run", "run_scheduled"]
+# compute_aggregations is re-exported: backfills and benchmarks call it from here.
+__all__ = ["compute_aggregations", "report", "run", "run_scheduled"]
 
 log = logging.getLogger(__name__)
 
@@ -37,77 +41,6 @@ RAW_TABLES: Final = (
 DAILY_RETENTION_DAYS: Final = 730
 # Held while one replica runs maintenance; expires on its own if that replica dies.
 LOCK_KEY: Final = "ia:lock:maintenance"
-
-# name -> (period, SQL computing (user_id, value, samples) for users active in 30 days, as of $1)
-AGGREGATIONS: Final[dict[str, tuple[str, str]]] = {
-    "engagement_rate_7d": (
-        "7d",
-        """
-        SELECT user_id, (sum(likes) + sum(comments) + sum(shares))::float8
-                        / NULLIF(sum(impressions), 0), count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '7 days' AND bucket <= $1
-        GROUP BY user_id""",
-    ),
-    "engagement_rate_30d": (
-        "30d",
-        """
-        SELECT user_id, (sum(likes) + sum(comments) + sum(shares))::float8
-                        / NULLIF(sum(impressions), 0), count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '30 days' AND bucket <= $1
-        GROUP BY user_id""",
-    ),
-    "connection_growth_rate_30d": (
-        "30d",
-        """
-        SELECT user_id,
-               (sum(connections_added) - sum(connections_removed))::float8
-               / NULLIF((array_agg(connections ORDER BY bucket)
-                         FILTER (WHERE connections IS NOT NULL))[1], 0),
-               count(*)::int
-        FROM profile_metrics_daily WHERE bucket > $1 - interval '30 days' AND bucket <= $1
-        GROUP BY user_id""",
-    ),
-    "profile_views_wow": (
-        "7d",
-        """
-        SELECT user_id,
-               (sum(profile_views) FILTER (WHERE bucket > $1 - interval '7 days')
-                - sum(profile_views) FILTER (WHERE bucket <= $1 - interval '7 days'))::float8
-               / NULLIF(sum(profile_views) FILTER (WHERE bucket <= $1 - interval '7 days'), 0),
-               count(*)::int
-        FROM profile_metrics_hourly WHERE bucket > $1 - interval '14 days' AND bucket <= $1
-        GROUP BY user_id""",
-    ),
-    "posting_cadence_30d": (
-        "30d",
-        """
-        SELECT user_id, sum(posts_published)::float8 / 30 * 7, count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '30 days' AND bucket <= $1
-        GROUP BY user_id""",
-    ),
-}
-
-# The leading CTE pins $1's type: inside the queries it first meets an interval subtraction.
-_UPSERT: Final = """
-WITH pinned AS (SELECT $1::timestamptz AS at)
-INSERT INTO metric_aggregations (time, user_id, metric_name, period, value, sample_count)
-SELECT $2, a.user_id, $3, $4, a.value, a.samples
-FROM ({query}) AS a(user_id, value, samples)
-ON CONFLICT (user_id, metric_name, period, time) DO UPDATE
-SET value = EXCLUDED.value, sample_count = EXCLUDED.sample_count, computed_at = now()
-"""
-
-
-async def compute_aggregations(conn: Conn, at: datetime | None = None) -> dict[str, int]:
-    """Upsert every derived series as of `at` (default now), stamped on the hour."""
-    now = at or datetime.now(UTC)
-    stamp = now.replace(minute=0, second=0, microsecond=0)
-    written = {}
-    async with conn.transaction():  # one snapshot for every series
-        for name, (period, query) in AGGREGATIONS.items():
-            status = await conn.execute(_UPSERT.format(query=query), now, stamp, name, period)
-            written[name] = int(status.rsplit(" ", 1)[1])
-    return written
 
 
 async def _retention(conn: Conn, retention_days: int) -> dict[str, int]:
@@ -161,18 +94,50 @@ async def report(conn: Conn) -> dict[str, Any]:
     }
 
 
-async def run(conn: Conn, settings: Settings) -> dict[str, Any]:
+async def run(conn: Conn, settings: Settings, client: redis.Redis | None = None) -> dict[str, Any]:
+    """Retention, aggregations (announced through `client`; without one, e.g. from the CLI,
+    through a short-lived client of REDIS_*), and the report."""
     started = time.perf_counter()
     ed = await edition(conn)
     dropped = await _retention(conn, settings.retention_days) if ed != "timescale" else {}
     aggregations = await compute_aggregations(conn)
-    out = {"dropped_chunks": dropped, "aggregations": aggregations, **await report(conn)}
+    entries = await _announce(settings, client, aggregations)
+    out = {
+        "dropped_chunks": dropped,
+        "aggregations": aggregations.written,
+        "announced": {"entries": entries, "users": len(aggregations.updates)},
+        **await report(conn),
+    }
     out["seconds"] = round(time.perf_counter() - started, 3)
     log.info(
         "maintenance done",
-        extra={"dropped": sum(dropped.values()), "aggregations": sum(aggregations.values())},
+        extra={
+            "dropped": sum(dropped.values()),
+            "aggregations": sum(aggregations.written.values()),
+            "announced_users": len(aggregations.updates),
+        },
     )
     return out
+
+
+async def _announce(settings: Settings, client: redis.Redis | None, run: AggregationRun) -> int:
+    """Publish the run; a Redis failure is logged, not raised: the retention and the points are
+    done and must not be redone, and the next change of each value is announced again."""
+    own = client is None
+    c = client or redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+    )
+    try:
+        return await publish_aggregations(c, run)
+    except RedisError:
+        log.warning("aggregations stored but not announced", exc_info=True)
+        return 0
+    finally:
+        if own:
+            await c.aclose()
 
 
 async def run_scheduled(settings: Settings, client: redis.Redis, stop: asyncio.Event) -> None:
@@ -183,7 +148,7 @@ async def run_scheduled(settings: Settings, client: redis.Redis, stop: asyncio.E
             if await client.set(LOCK_KEY, b"1", nx=True, px=int(interval * 900)):
                 conn = await connect(settings)
                 try:
-                    await run(conn, settings)
+                    await run(conn, settings, client)
                 finally:
                     await conn.close()
         except Exception:

@@ -122,7 +122,7 @@ async def run_worker(
                         settings=settings,
                         group=ROLLUP_GROUP,
                         streams=[METRICS_STREAM],
-                        handler=RollupStage(pool),
+                        handler=RollupStage(pool, client),
                         stage="rollup",
                         trim=False,
                     )

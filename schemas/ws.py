@@ -50,10 +50,13 @@ __all__ = [
     "server_encoder",
 ]
 
-# The `v` field of an `ia:metrics` entry this reader understands (pipeline/processor.py).
+# The `v` field of an `ia:metrics` entry this reader understands: written by the processor
+# (pipeline/processor.py) and, for the derived series, by the maintenance task
+# (pipeline/aggregations.py).
 METRICS_ENTRY_VERSION: Final = b"1"
 
-# The catalogue has about a dozen names; a longer list is a bug or an attack, not a dashboard.
+# The catalogue and the derived series are under twenty names; a longer list is a bug or an
+# attack, not a dashboard.
 MetricNames = Annotated[
     list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]], msgspec.Meta(max_length=64)
 ]

@@ -1,5 +1,6 @@
 """The API's Redis cache: hits after a first call, per-user invalidation by the processor's
-commit and by goal writes, no stale answer across a commit, and the API without Redis or
+commit, by the rollup group's recompute of a late event's bucket, by a maintenance run's new
+aggregations and by goal writes, no stale answer across a commit, and the API without Redis or
 without TimescaleDB."""
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 
 from gateway.cache import CACHE_TIMEOUT_S, ApiCache
+from pipeline.aggregations import refresh_aggregations
+from pipeline.runner import Delivery
+from pipeline.stages.rollup import RollupStage
 from schemas.settings import Settings
+from schemas.streams import METRICS_STREAM
 from sinks.cache_generations import entry_key, generation_key, invalidate
 from tests.api_support import (
     HOUR_US,
@@ -24,6 +31,7 @@ from tests.api_support import (
     iso,
     new_user,
     now_us,
+    parse,
     random_events,
 )
 from tests.streams_helpers import make_event
@@ -87,6 +95,80 @@ async def test_hit_after_a_first_call_until_new_data_for_that_user(
         assert third != first
     _, _, hb = await env.get(path, bob, **params)
     assert hb["X-Cache"] == "hit"  # Bob's answers were not invalidated
+
+
+async def _delivery_touching(env: ApiEnv, user: str) -> Delivery:
+    """The processor's newest `ia:metrics` entry for `user`, as the rollup group receives it."""
+    entries: Any = await env.redis.xrevrange(METRICS_STREAM, count=50)
+    for entry_id, fields in entries:
+        if user in orjson.loads(fields.get(b"touched", b"{}")):
+            return Delivery(METRICS_STREAM, entry_id.decode(), list(fields.items()))
+    raise AssertionError(f"no ia:metrics entry touches {user}")
+
+
+async def test_a_late_events_rollup_recompute_makes_the_cached_series_a_miss(env: ApiEnv) -> None:
+    """A late event's bucket is read from the rollup. The processor invalidates when it stores
+    the event, but an answer computed before the rollup group recomputes that bucket is still
+    stale: the recompute must invalidate again."""
+    user = new_user()
+    hour_us = now_us() // HOUR_US * HOUR_US
+    late_us = hour_us - 5 * HOUR_US + 600_000_000  # far older than ROLLUP_MARGIN
+    params = {"bucket": "1h", "from": _SINCE, "to": _UNTIL}
+    await env.store([make_event(user, "profile_view", value=2, time_us=late_us)])
+    _, first, h1 = await env.get(PROFILE, user, **params)
+    _, _, h2 = await env.get(PROFILE, user, **params)
+    assert (h1["X-Cache"], h2["X-Cache"]) == ("miss", "hit")
+    assert first["totals"]["profileViews"] == 2
+
+    # The late event, stored by the processor; the rollup group has not run yet.
+    await env.store([make_event(user, "profile_view", value=3, time_us=late_us + 1)], rollup=False)
+    _, stale, h3 = await env.get(PROFILE, user, **params)
+    _, _, h4 = await env.get(PROFILE, user, **params)
+    assert (h3["X-Cache"], h4["X-Cache"]) == ("miss", "hit")
+    assert stale["totals"]["profileViews"] == 2  # the bucket still comes from the old rollup
+
+    dead = await RollupStage(env.pool, env.redis)([await _delivery_touching(env, user)])
+    assert dead == []
+    _, fresh, h5 = await env.get(PROFILE, user, **params)
+    assert h5["X-Cache"] == "miss"
+    async with env.pool.acquire() as conn:
+        raw = await conn.fetchval(
+            "SELECT sum(profile_views) FROM profile_metrics WHERE user_id = $1", user
+        )
+    assert fresh["totals"]["profileViews"] == raw == 5
+
+
+async def test_a_maintenance_run_makes_cached_aggregations_a_miss(env: ApiEnv) -> None:
+    user = new_user()
+    t = now_us() - HOUR_US
+    await env.store(
+        [
+            make_event(user, "post_impression", value=200, time_us=t),
+            make_event(user, "post_like", value=9, time_us=t + 1),
+            make_event(user, "post_comment", value=4, time_us=t + 2),
+            make_event(user, "post_share", value=1, time_us=t + 3),
+        ]
+    )
+    path = "/api/v1/metrics/aggregations"
+    params = {"name": "engagement_rate_7d", "from": _SINCE, "to": _UNTIL}
+    _, before, h1 = await env.get(path, user, **params)
+    _, _, h2 = await env.get(path, user, **params)
+    assert (h1["X-Cache"], h2["X-Cache"]) == ("miss", "hit")
+    assert before["aggregations"] == []
+
+    async with env.pool.acquire() as conn:
+        run = await refresh_aggregations(conn, env.redis)
+        expected = await conn.fetchval(
+            "SELECT (sum(likes) + sum(comments) + sum(shares))::float8 / sum(impressions) "
+            "FROM engagement_metrics WHERE user_id = $1",
+            user,
+        )
+    assert user in run.changed_users
+    _, after, h3 = await env.get(path, user, **params)
+    assert h3["X-Cache"] == "miss"
+    [point] = after["aggregations"]
+    assert point["value"] == pytest.approx(expected) == pytest.approx(14 / 200)
+    assert parse(point["time"]) == run.at.replace(minute=0, second=0, microsecond=0)
 
 
 async def test_entries_are_per_parameters_and_live_for_the_ttl(env: ApiEnv) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.api_metrics import AGGREGATION_NAMES
 from gateway.api_openapi import API_PATHS
 from gateway.app import create_app
+from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
 from sinks.current_values import current_values
@@ -315,7 +315,20 @@ async def test_catalog_lists_every_metric(env: ApiEnv) -> None:
         {"name": m.name, "unit": m.unit, "description": m.description, "window": m.window}
         for m in CATALOGUE.values()
     ]
-    assert {a["name"] for a in body["aggregations"]} == set(AGGREGATION_NAMES)
+    # The derived series, with both their names, from the one definition the maintenance task
+    # and the WebSocket use.
+    assert body["aggregations"] == [
+        {
+            "name": a.name,
+            "metric": a.metric,
+            "period": a.period,
+            "unit": a.unit,
+            "description": a.description,
+        }
+        for a in AGGREGATIONS.values()
+    ]
+    assert len(body["aggregations"]) == 5
+    assert not {a["metric"] for a in body["aggregations"]} & set(CATALOGUE)
 
 
 async def test_aggregations_return_the_stored_rows(env: ApiEnv) -> None:
@@ -324,7 +337,7 @@ async def test_aggregations_return_the_stored_rows(env: ApiEnv) -> None:
     rows: list[tuple[Any, ...]] = [
         (hour - timedelta(hours=h), user, name, period, h * 0.01, h)
         for h in range(0, 240, 6)
-        for name, period in AGGREGATION_NAMES.items()
+        for name, period in ((a.name, a.period) for a in AGGREGATIONS.values())
     ]
     async with env.pool.acquire() as conn:
         await conn.executemany(
@@ -359,11 +372,3 @@ def test_every_api_route_is_documented() -> None:
     }
     documented = {(path, method) for path, ops in API_PATHS.items() for method in ops}
     assert served == documented
-
-
-def test_aggregation_names_match_what_maintenance_writes() -> None:
-    """The gateway may not import the pipeline, so it lists the names itself; they must not
-    drift from the maintenance task's."""
-    from pipeline.maintenance import AGGREGATIONS
-
-    assert {name: period for name, (period, _) in AGGREGATIONS.items()} == AGGREGATION_NAMES

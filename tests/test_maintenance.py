@@ -1,5 +1,7 @@
 """Maintenance: retention drops old chunks only, the edition's lifecycle is reported, derived
-aggregations match raw data, and the schedule runs on one replica at a time."""
+aggregations match raw data, only their changed current values are announced on `ia:metrics`
+(in bounded entries, after invalidating those users' cached answers), and the schedule runs on
+one replica at a time."""
 
 from __future__ import annotations
 
@@ -7,17 +9,28 @@ import asyncio
 import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
 
 from migrations import runner
 from pipeline import maintenance
+from pipeline.aggregations import AggregationRun, metrics_entries, publish_aggregations
 from pipeline.worker import open_redis
+from schemas.aggregations import AGGREGATIONS, UPDATES_PER_ENTRY
 from schemas.settings import Settings
+from schemas.streams import METRICS_STREAM
+from schemas.ws import metric_updates_decoder
 from seeder.generate import seed
+from sinks.cache_generations import generation_key
 from sinks.db import connect
+from sinks.rollups import recompute
 from tests.conftest import ScratchDb
+
+# The schedule's and the announcement tests' Redis db: other suites flush db 15 meanwhile.
+_REDIS_DB = 9
 
 
 async def _fresh(scratch_db: ScratchDb) -> tuple[Settings, asyncpg.Connection]:
@@ -68,7 +81,8 @@ async def test_aggregations_match_raw_data_and_report_shows_fresh_rollups(
         until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         report = await seed(conn, users=3, days=20, seed=11, until=until)
         at = until + timedelta(minutes=30)
-        written = await maintenance.compute_aggregations(conn, at)
+        written = (await maintenance.compute_aggregations(conn, at)).written
+        assert set(written) == set(AGGREGATIONS)  # every series has its SQL
         assert written["profile_views_wow"] == written["connection_growth_rate_30d"] == 3
         for user in report.users:
             expected = await conn.fetchval(
@@ -113,9 +127,9 @@ async def test_scheduled_maintenance_runs_on_one_replica_at_a_time(
 ) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.maintenance")
     s, conn = await _fresh(scratch_db)
-    s = dataclasses.replace(s, maintenance_interval=10, redis_db=9)
+    s = dataclasses.replace(s, maintenance_interval=10, redis_db=_REDIS_DB)
     client = open_redis(s)
-    await client.delete(maintenance.LOCK_KEY)
+    await client.delete(maintenance.LOCK_KEY, METRICS_STREAM)
     try:
         until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         await seed(conn, users=1, days=2, seed=1, until=until)
@@ -136,7 +150,107 @@ async def test_scheduled_maintenance_runs_on_one_replica_at_a_time(
             "SELECT count(DISTINCT computed_at) FROM metric_aggregations"
         )
         assert computed == 1
+        # The run announced the user's current values, as stored.
+        stored = {
+            AGGREGATIONS[r["metric_name"]].metric: r["value"]
+            for r in await conn.fetch("SELECT metric_name, value FROM metric_aggregations")
+        }
+        announced = await _announced(client)
+        assert announced == {
+            user: {m: v for m, v in stored.items() if v is not None} for user in announced
+        }
+        assert len(announced) == 1 and stored
     finally:
-        await client.delete(maintenance.LOCK_KEY)
+        await client.delete(maintenance.LOCK_KEY, METRICS_STREAM)
         await client.aclose()
         await conn.close()
+
+
+async def _announced(client: redis.Redis) -> dict[str, dict[str, float | None]]:
+    """Every update on ia:metrics, per user and metric (later entries win)."""
+    out: dict[str, dict[str, float | None]] = {}
+    entries: Any = await client.xrange(METRICS_STREAM)
+    for _, fields in entries:
+        assert fields[b"v"] == b"1" and b"touched" not in fields
+        for u in metric_updates_decoder.decode(fields[b"updates"]):
+            out.setdefault(u.user_id, {})[u.metric] = u.value
+    return out
+
+
+async def test_only_changed_current_values_are_announced(scratch_db: ScratchDb) -> None:
+    s, conn = await _fresh(scratch_db)
+    client = open_redis(dataclasses.replace(s, redis_db=_REDIS_DB))
+    await client.delete(METRICS_STREAM)
+    try:
+        until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        report = await seed(conn, users=3, days=20, seed=5, until=until)
+        at = until + timedelta(minutes=30)
+        first = await maintenance.compute_aggregations(conn, at)
+        stored = {
+            (r["user_id"], AGGREGATIONS[r["metric_name"]].metric): r["value"]
+            for r in await conn.fetch("SELECT user_id, metric_name, value FROM metric_aggregations")
+        }
+        # First points: every non-null value is news (null is what a snapshot showed before).
+        assert first.updates == {
+            user: {m: v for (u, m), v in stored.items() if u == user and v is not None}
+            for user in report.users
+        }
+        assert first.changed_users == set(report.users)
+        assert all(len(values) >= 3 for values in first.updates.values())
+
+        # The same data again: nothing to announce, no cache to invalidate.
+        again = await maintenance.compute_aggregations(conn, at)
+        assert again.updates == {} and again.changed_users == frozenset()
+
+        # More likes for one user: only their engagement rates change.
+        user, other = report.users[0], report.users[1]
+        await conn.execute(
+            "INSERT INTO engagement_metrics (time, user_id, event_id, event_type, likes) "
+            "VALUES ($1, $2, 'extra-like', 'post_like', 500)",
+            until - timedelta(hours=2),
+            user,
+        )
+        await recompute(conn, {user: (until - timedelta(hours=2), until - timedelta(hours=2))})
+        before = await client.get(generation_key(other))
+        third = await maintenance.compute_aggregations(conn, at)
+        assert set(third.updates) == {user}
+        assert set(third.updates[user]) == {"engagementRate7d", "engagementRate30d"}
+        for metric, value in third.updates[user].items():
+            name = next(a.name for a in AGGREGATIONS.values() if a.metric == metric)
+            new = await conn.fetchval(
+                "SELECT value FROM metric_aggregations WHERE user_id = $1 AND metric_name = $2",
+                user,
+                name,
+            )
+            assert value == new and new > stored[(user, metric)]
+        assert third.changed_users == {user}
+
+        await publish_aggregations(client, third)
+        assert await _announced(client) == third.updates
+        assert await client.get(generation_key(user)) is not None  # invalidated
+        assert await client.get(generation_key(other)) == before  # untouched
+    finally:
+        await client.delete(METRICS_STREAM)
+        await client.aclose()
+        await conn.close()
+
+
+def test_announcements_are_split_into_bounded_entries() -> None:
+    now = datetime.now(UTC)
+    names = [a.metric for a in AGGREGATIONS.values()]
+    updates: dict[str, dict[str, float | None]] = {
+        f"u{i:04d}": {m: float(i) for m in names} for i in range(301)
+    }
+    run = AggregationRun(now, now, {}, updates, frozenset(updates))
+    entries = metrics_entries(run)
+    seen: dict[str, dict[str, float | None]] = {}
+    for fields in entries:
+        decoded = metric_updates_decoder.decode(fields["updates"])  # type: ignore[arg-type]
+        assert 0 < len(decoded) <= UPDATES_PER_ENTRY
+        in_entry = {u.user_id for u in decoded}
+        assert not in_entry & set(seen)  # a user's updates are never split across entries
+        for u in decoded:
+            seen.setdefault(u.user_id, {})[u.metric] = u.value
+    assert seen == updates
+    assert len(entries) == -(-301 * len(names) // UPDATES_PER_ENTRY)
+    assert metrics_entries(AggregationRun(now, now, {}, {}, frozenset())) == []

@@ -1,4 +1,5 @@
-"""Rollups equal the raw data: after the pipeline, after late events, after a redelivery.
+"""Rollups equal the raw data: after the pipeline, after late events, after a redelivery; the
+maintenance task's announcements on the same stream are acknowledged without a recompute.
 
 On the full edition the rollups are continuous aggregates and these checks read them the same
 way; on the Apache edition (our machines) the rollup group maintains them.
@@ -12,17 +13,23 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as redis
 
+from pipeline.aggregations import AggregationRun, metrics_entries
+from pipeline.runner import Delivery
+from pipeline.stages.rollup import RollupStage
 from pipeline.worker import open_redis, run_worker
+from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.settings import Settings
-from schemas.streams import METRICS_STREAM
-from sinks.db import connect
+from schemas.streams import DLQ_STREAM, METRICS_STREAM
+from sinks.cache_generations import generation_key
+from sinks.db import connect, create_pool
 from sinks.rollups import ROLLUPS, edition
 from tests.streams_helpers import append, make_event, unprocessed
 
@@ -193,3 +200,36 @@ async def test_rollups_equal_raw_after_late_events_and_redelivery(
     )
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
     await _assert_rollups_equal_raw(conn, users)
+
+
+async def test_announcements_of_derived_values_are_acknowledged_without_a_recompute(
+    env: tuple[Settings, redis.Redis, asyncpg.Connection],
+) -> None:
+    """The maintenance task's entries carry no `touched`: the rollup group must neither fail on
+    them (no dead letter, nothing left pending) nor recompute or invalidate anything."""
+    s, client, conn = env
+    user, other = f"roll-{uuid.uuid4().hex[:6]}", f"roll-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    run = AggregationRun(
+        now, now, {}, {user: {a.metric: 0.5 for a in AGGREGATIONS.values()}}, frozenset({user})
+    )
+    [fields] = metrics_entries(run)
+    entry_id: Any = await client.xadd(METRICS_STREAM, fields)
+    stored: Any = await client.xrange(METRICS_STREAM, min=entry_id, max=entry_id)
+    delivery = Delivery(METRICS_STREAM, entry_id.decode(), list(stored[0][1].items()))
+    pool = await create_pool(s)
+    try:
+        assert await RollupStage(pool, client)([delivery]) == []
+    finally:
+        await pool.close()
+    assert await client.get(generation_key(user)) is None
+
+    # Through the worker, between processor entries: the group passes it and goes on.
+    rng = random.Random(3)
+    now_us = int(time.time() * 1e6)
+    await append(client, s, _events(other, rng, 30, now_us - 86_400_000_000, 86_400_000_000))
+    await _settle(s, client)
+    assert await client.xlen(DLQ_STREAM) == 0
+    await _assert_rollups_equal_raw(conn, [other])
+    for rollup in ROLLUPS:
+        assert not await conn.fetchval(f"SELECT count(*) FROM {rollup} WHERE user_id = $1", user)

@@ -1,8 +1,15 @@
 """The `rollup` group (Apache edition only): keep the rollup tables equal to the raw data.
 
-Reads `ia:metrics`, whose entries name, per user, the span of event times a stored batch
-touched, and recomputes those buckets from the raw rows (sinks/rollups.py). With the full
-edition the rollups are continuous aggregates and this group does not run.
+Reads `ia:metrics`. The processor's entries name, per user, the span of event times a stored
+batch touched (`touched`), and those buckets are recomputed from the raw rows
+(sinks/rollups.py). Entries without `touched` (the maintenance task's derived values,
+pipeline/aggregations.py, or an older writer's) changed no raw rows: nothing to recompute.
+With the full edition the rollups are continuous aggregates and this group does not run.
+
+After a recompute the users' cached API answers are invalidated: the processor invalidated
+them when it stored the batch, but an answer computed between that and this recompute read the
+old rollup buckets (a late event's bucket is read from the rollup, see gateway/api_metrics.py)
+and would otherwise be served until API_CACHE_TTL.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from typing import Final
 
 import asyncpg
 import orjson
+import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
 from pipeline.stages.store import to_datetime
+from sinks.cache_generations import invalidate
 from sinks.rollups import recompute
 
 __all__ = ["ROLLUP_GROUP", "RollupStage"]
@@ -27,6 +36,7 @@ STAGE: Final = "rollup"
 @dataclass
 class RollupStage:
     pool: asyncpg.Pool
+    redis: redis.Redis
 
     async def __call__(self, batch: list[Delivery]) -> list[DeadLetter]:
         spans: dict[str, tuple[int, int]] = {}
@@ -35,7 +45,7 @@ class RollupStage:
             fields = dict(d.fields)
             raw = fields.get(b"touched")
             if raw is None:
-                continue  # an entry from an older writer: nothing to recompute
+                continue  # derived values or an older writer's entry: no raw rows changed
             try:
                 touched = orjson.loads(raw)
                 for user, (lo, hi) in touched.items():
@@ -48,4 +58,7 @@ class RollupStage:
                 await recompute(
                     conn, {u: (to_datetime(lo), to_datetime(hi)) for u, (lo, hi) in spans.items()}
                 )
+            # After the commit; a Redis error fails the batch, which is redelivered and
+            # recomputed again (idempotent) rather than leave stale answers cached.
+            await invalidate(self.redis, sorted(spans))
         return dead
