@@ -94,18 +94,11 @@ async def ensure_seeded(s: Settings, users: int, days: int, seed: int) -> list[s
         if run is None:
             print(f"seeding {users} users x {days} days into {s.timescale_database}", flush=True)
             started = time.perf_counter()
-            try:
-                report = await run_seed(conn, users=users, days=days, seed=seed, progress=True)
-                print(f"  {report.rows} in {time.perf_counter() - started:.0f} s", flush=True)
-            except asyncpg.OutOfMemoryError as e:
-                # seed() levels each 100 users' rollups over the whole history in one
-                # transaction; at 90 days that locks more chunks than max_locks_per_transaction
-                # allows. The raw rows are in; level them a day at a time instead.
-                print(f"\n  seed() failed levelling rollups ({e}); finishing here", flush=True)
-                await finish_seed(conn, ids, seed, days)
-        else:
+            report = await run_seed(conn, users=users, days=days, seed=seed, progress=True)
+            print(f"  {report.rows} in {time.perf_counter() - started:.0f} s", flush=True)
+        else:  # a seed interrupted after its raw rows: finish what seed() does after them
             await finish_seed(conn, ids, seed, days)
-        await backfill_aggregations(conn, days)
+            await backfill_aggregations(conn, days)
         await conn.execute("VACUUM ANALYZE")
         return ids
     finally:

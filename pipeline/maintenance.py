@@ -20,8 +20,8 @@ from typing import Any, Final
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from pipeline.aggregations import AggregationRun, compute_aggregations, publish_aggregations
 from schemas.settings import Settings
+from sinks.aggregations import AggregationRun, compute_aggregations, publish_aggregations
 from sinks.db import Conn, connect
 from sinks.rollups import ROLLUPS, edition
 

@@ -52,7 +52,7 @@ __all__ = [
 
 # The `v` field of an `ia:metrics` entry this reader understands: written by the processor
 # (pipeline/processor.py) and, for the derived series, by the maintenance task
-# (pipeline/aggregations.py).
+# (sinks/aggregations.py).
 METRICS_ENTRY_VERSION: Final = b"1"
 
 # The catalogue and the derived series are under twenty names; a longer list is a bug or an

@@ -4,7 +4,8 @@ Each user follows a persona (seeder/personas.py) with weekly and daily rhythm, g
 posts whose impressions decay over three days, one viral post, a daily profile snapshot,
 goals and alert rules. The same seed, users, days and `until` give the same rows. Rows are
 written by binary COPY straight into the event tables (the pipeline is not involved), then the
-rollups are brought level with them, so every dashboard and API query has data at once.
+rollups are brought level with them and the derived series computed for every day, so every
+dashboard and API query has data at once.
 
 Everything the seeder writes is recorded in `seed_runs` and carries `seed:` event ids and
 `demo-` user ids, so `clear()` removes it and nothing else.
@@ -23,6 +24,7 @@ import orjson
 
 from schemas.influence import influence_score
 from seeder.personas import PERSONAS, Persona
+from sinks.aggregations import compute_aggregations
 from sinks.db import Conn
 from sinks.rollups import edition, recompute
 from sinks.timescale import write_batch
@@ -315,6 +317,10 @@ async def seed(
             _bar(i + 1, len(ids), sum(report.rows.values()))
     start = end - timedelta(days=days)
     await _level_rollups(conn, ids, start, end)
+    # A point per day of the history, as the maintenance task would have left them; older
+    # points are stored without being announced as current values.
+    for back in range(days, -1, -1):
+        await compute_aggregations(conn, end - timedelta(days=back))
     await add_goals_and_rules(conn, ids, seed, end)
     report.seconds = (datetime.now(UTC) - started).total_seconds()
     await conn.execute(

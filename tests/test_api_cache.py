@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from gateway.cache import CACHE_TIMEOUT_S, ApiCache
-from pipeline.aggregations import refresh_aggregations
 from pipeline.runner import Delivery
 from pipeline.stages.rollup import RollupStage
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
+from sinks.aggregations import refresh_aggregations
 from sinks.cache_generations import entry_key, generation_key, invalidate
 from tests.api_support import (
     HOUR_US,

@@ -20,7 +20,6 @@ import asyncpg
 import pytest
 import redis.asyncio as redis
 
-from pipeline.aggregations import AggregationRun, metrics_entries
 from pipeline.runner import Delivery
 from pipeline.stages.rollup import RollupStage
 from pipeline.worker import open_redis, run_worker
@@ -28,6 +27,7 @@ from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM, METRICS_STREAM
+from sinks.aggregations import AggregationRun, metrics_entries
 from sinks.cache_generations import generation_key
 from sinks.db import connect, create_pool
 from sinks.rollups import ROLLUPS, edition

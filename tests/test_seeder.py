@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+import pytest
 
 from migrations import runner
 from schemas.settings import Settings
@@ -69,6 +70,23 @@ async def test_seed_loads_personas_with_consistent_rollups_and_is_repeatable(
         assert await conn.fetchval("SELECT count(*) FROM user_goals") == 10
         assert await conn.fetchval("SELECT count(*) FROM alert_configs") == 10
         assert await _assert_rollups_equal_raw(conn, report.users) > 100
+        # A point of each derived series per day of history, equal to SQL over the raw rows.
+        founder = report.users[2]
+        cadence = await conn.fetch(
+            "SELECT time, value FROM metric_aggregations WHERE user_id = $1 "
+            "AND metric_name = 'posting_cadence_30d' ORDER BY time",
+            founder,
+        )
+        # From the first day the founder's 30-day window holds a post, to UNTIL.
+        assert len(cadence) >= 25 and cadence[-1]["time"] == UNTIL
+        posts = await conn.fetchval(
+            "SELECT sum(posts_published) FROM engagement_metrics WHERE user_id = $1 "
+            "AND time >= $2::timestamptz - interval '719 hours' "
+            "AND time < $2::timestamptz + interval '1 hour'",
+            founder,
+            UNTIL,
+        )
+        assert cadence[-1]["value"] == pytest.approx(float(posts) / 30 * 7)
         first = await _fingerprint(conn)
 
         await clear(conn)

@@ -15,7 +15,6 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from pipeline.aggregations import AggregationRun, refresh_aggregations
 from pipeline.processor import Processor
 from pipeline.runner import Delivery
 from pipeline.stages.store import to_datetime
@@ -24,6 +23,7 @@ from schemas.events import StreamEvent, stream_event_encoder
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
 from schemas.streams import events_stream
+from sinks.aggregations import AggregationRun, refresh_aggregations
 from sinks.db import create_pool
 from sinks.rollups import recompute
 from tests.streams_helpers import make_event

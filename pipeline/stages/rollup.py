@@ -3,7 +3,7 @@
 Reads `ia:metrics`. The processor's entries name, per user, the span of event times a stored
 batch touched (`touched`), and those buckets are recomputed from the raw rows
 (sinks/rollups.py). Entries without `touched` (the maintenance task's derived values,
-pipeline/aggregations.py, or an older writer's) changed no raw rows: nothing to recompute.
+sinks/aggregations.py, or an older writer's) changed no raw rows: nothing to recompute.
 With the full edition the rollups are continuous aggregates and this group does not run.
 
 After a recompute the users' cached API answers are invalidated: the processor invalidated

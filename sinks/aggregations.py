@@ -4,7 +4,8 @@ The SQL of each series in schemas/aggregations.py lives here; `compute_aggregati
 every series as of a moment in one transaction and reports, per user, the current values that
 changed; `publish_aggregations` invalidates those users' cached API answers and appends the
 changed values to `ia:metrics` in the processor's format, so WebSocket subscribers get a
-`metrics_update`. The maintenance task (pipeline/maintenance.py) runs both on its schedule.
+`metrics_update`. The maintenance task (pipeline/maintenance.py) runs both on its schedule;
+the seeder backfills a point per day of its history with `compute_aggregations`.
 """
 
 from __future__ import annotations
