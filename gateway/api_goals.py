@@ -4,8 +4,9 @@ A goal is a target for one catalogue metric by a deadline. Its baseline is the m
 when the goal was created (unless given), and every answer carries its progress against the
 current value, with the WebSocket's definitions (sinks/past_values.py `live_values`):
 `percent` of the way from baseline to target (0-100), `reached`, and `onTrack` (at least as far
-as the share of the time already spent). `status` is what was stored (`active` on creation;
-PATCH sets `achieved`, `missed` or `cancelled`); progress is never written back on reads.
+as the share of the time already spent). `status` is what was stored: `active` on creation;
+the maintenance task settles goals to `achieved` or `missed` (sinks/goal_status.py); PATCH may
+set `achieved`, `missed` or `cancelled`. Reads never write.
 
 Bodies are JSON with camelCase fields; malformed JSON is a 400, a well-formed but invalid body a
 422 naming the field (`$.deadline`). A goal id that does not exist, or belongs to another user,
@@ -32,6 +33,7 @@ from schemas.metrics import CATALOGUE
 from sinks import goals as store
 from sinks.cache_generations import invalidate
 from sinks.db import Conn
+from sinks.goal_status import reached as goal_reached
 from sinks.past_values import live_values
 
 __all__ = ["MAX_GOALS_PER_USER", "goal_json", "progress", "routes"]
@@ -70,10 +72,9 @@ _goal_patch: Final = msgspec.json.Decoder(GoalPatch)
 def progress(goal: asyncpg.Record, current: float | None, now: datetime) -> dict[str, Any]:
     target = float(goal["target_value"])
     baseline = float(goal["baseline_value"] or 0.0)
-    reached = False
+    reached = goal_reached(target, baseline, current)
     percent = 0.0
     if current is not None:
-        reached = current >= target if target >= baseline else current <= target
         if reached:
             percent = 100.0
         elif target != baseline:

@@ -6,6 +6,8 @@
   directly (schemas/aggregations.py names them), recomputed as of now and upserted (so a rerun
   or a backfill just replaces them). Current values that changed are announced on `ia:metrics`
   for WebSocket subscribers, after the changed users' cached API answers are invalidated.
+- Goals: active goals that reached their target become `achieved`, expired ones `missed`
+  (sinks/goal_status.py), and those users' cached answers are invalidated.
 - A report: edition, chunk counts, compressed chunks, how far each rollup lags its raw data.
 Workers run it every MAINTENANCE_INTERVAL, one replica at a time through a Redis lock.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis.asyncio as redis
@@ -22,7 +25,9 @@ from redis.exceptions import RedisError
 
 from schemas.settings import Settings
 from sinks.aggregations import AggregationRun, compute_aggregations, publish_aggregations
+from sinks.cache_generations import invalidate
 from sinks.db import Conn, connect
+from sinks.goal_status import settle_goals
 from sinks.rollups import ROLLUPS, edition
 
 # compute_aggregations is re-exported: backfills and benchmarks call it from here.
@@ -101,11 +106,13 @@ async def run(conn: Conn, settings: Settings, client: redis.Redis | None = None)
     ed = await edition(conn)
     dropped = await _retention(conn, settings.retention_days) if ed != "timescale" else {}
     aggregations = await compute_aggregations(conn)
-    entries = await _announce(settings, client, aggregations)
+    goals = await settle_goals(conn, datetime.now(UTC))
+    entries = await _announce(settings, client, aggregations, goals.users)
     out = {
         "dropped_chunks": dropped,
         "aggregations": aggregations.written,
         "announced": {"entries": entries, "users": len(aggregations.updates)},
+        "goals": {"achieved": goals.achieved, "missed": goals.missed},
         **await report(conn),
     }
     out["seconds"] = round(time.perf_counter() - started, 3)
@@ -120,9 +127,12 @@ async def run(conn: Conn, settings: Settings, client: redis.Redis | None = None)
     return out
 
 
-async def _announce(settings: Settings, client: redis.Redis | None, run: AggregationRun) -> int:
-    """Publish the run; a Redis failure is logged, not raised: the retention and the points are
-    done and must not be redone, and the next change of each value is announced again."""
+async def _announce(
+    settings: Settings, client: redis.Redis | None, run: AggregationRun, settled: set[str]
+) -> int:
+    """Publish the run and invalidate the cached answers of users whose goals were settled; a
+    Redis failure is logged, not raised: the retention, the points and the goals are done and
+    must not be redone, and the next change of each value is announced again."""
     own = client is None
     c = client or redis.Redis(
         host=settings.redis_host,
@@ -131,6 +141,7 @@ async def _announce(settings: Settings, client: redis.Redis | None, run: Aggrega
         password=settings.redis_password or None,
     )
     try:
+        await invalidate(c, sorted(settled))
         return await publish_aggregations(c, run)
     except RedisError:
         log.warning("aggregations stored but not announced", exc_info=True)

@@ -25,6 +25,7 @@ from schemas.ws import metric_updates_decoder
 from seeder.generate import seed
 from sinks.aggregations import AggregationRun, metrics_entries, publish_aggregations
 from sinks.cache_generations import generation_key
+from sinks.current_values import current_values
 from sinks.db import connect
 from sinks.rollups import recompute
 from tests.conftest import ScratchDb
@@ -255,3 +256,66 @@ def test_announcements_are_split_into_bounded_entries() -> None:
     assert seen == updates
     assert len(entries) == -(-301 * len(names) // UPDATES_PER_ENTRY)
     assert metrics_entries(AggregationRun(now, now, {}, {}, frozenset())) == []
+
+
+async def test_goals_are_settled_achieved_or_missed_and_their_answers_invalidated(
+    scratch_db: ScratchDb,
+) -> None:
+    s, conn = await _fresh(scratch_db)
+    client = open_redis(dataclasses.replace(s, redis_db=_REDIS_DB))
+    try:
+        until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        report = await seed(conn, users=2, days=5, seed=9, until=until)
+        user, other = report.users
+        await conn.execute("DELETE FROM user_goals")
+        now = datetime.now(UTC)
+        connections = (await current_values(conn, [user], now))[user]["connections"]
+        assert connections is not None and connections > 10
+        past, future = now - timedelta(days=1), now + timedelta(days=10)
+        goals = {
+            # (target, baseline, starts_at, deadline, status) -> the status maintenance leaves
+            "up-reached": (connections - 5, 1.0, past, future, "active"),
+            "up-expired": (connections + 500, 1.0, past - timedelta(days=3), past, "active"),
+            "up-pending": (connections + 500, 1.0, past, future, "active"),
+            "down-reached": (connections + 1, connections + 50, past, future, "active"),
+            "down-pending": (1.0, connections + 50, past, future, "active"),
+            "cancelled": (connections - 5, 1.0, past, future, "cancelled"),
+            "not-started": (connections - 5, 1.0, future, future + timedelta(days=1), "active"),
+        }
+        ids = {}
+        for name, (target, baseline, starts, deadline, status) in goals.items():
+            ids[name] = await conn.fetchval(
+                "INSERT INTO user_goals (user_id, metric, target_value, baseline_value, "
+                "starts_at, deadline, status) VALUES ($1, 'connections', $2, $3, $4, $5, $6) "
+                "RETURNING id",
+                user, target, baseline, starts, deadline, status,
+            )  # fmt: skip
+        await client.set(generation_key(user), b"before")
+        await client.set(generation_key(other), b"before")
+
+        out = await maintenance.run(conn, s, client)
+
+        assert out["goals"] == {"achieved": 2, "missed": 1}
+        rows = {
+            r["id"]: r for r in await conn.fetch("SELECT id, status, achieved_at FROM user_goals")
+        }
+        want = {
+            "up-reached": "achieved",
+            "up-expired": "missed",
+            "up-pending": "active",
+            "down-reached": "achieved",
+            "down-pending": "active",
+            "cancelled": "cancelled",
+            "not-started": "active",
+        }
+        assert {name: rows[ids[name]]["status"] for name in goals} == want
+        assert rows[ids["up-reached"]]["achieved_at"] is not None
+        assert rows[ids["up-expired"]]["achieved_at"] is None
+        # The summary shows goals: that user's cached answers are stale now, the other's not.
+        assert await client.get(generation_key(user)) != b"before"
+        assert await client.get(generation_key(other)) == b"before"
+        # Settled goals stay settled: a second run changes nothing.
+        assert (await maintenance.run(conn, s, client))["goals"] == {"achieved": 0, "missed": 0}
+    finally:
+        await client.aclose()
+        await conn.close()
