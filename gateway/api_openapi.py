@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from gateway.api_system import BUCKETS, KINDS
 from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.metrics import CATALOGUE
@@ -208,4 +209,75 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
             "responses": {"204": {"description": "deleted"}, **_errors(404)},
         },
     },
+}
+
+
+# `GET /api/v1/system/performance` (gateway/api_system.py): admin only, and not per user, so
+# no `userId`.
+_NUMBER_OR_NULL: Final = {"type": ["number", "null"]}
+API_SCHEMAS["PerformancePoint"] = {
+    "type": "object",
+    "description": "one process's samples in one bucket: rates, batch size and CPU are means, "
+    "the rest the bucket's maximum; null where the figure does not apply to the process",
+    "required": [
+        "time", "samples", "eventsInPerS", "eventsOutPerS", "batchSizeAvg", "copyLatencyP99MaxS",
+        "groupLagMax", "wsConnectionsMax", "rssBytesMax", "cpuPercent",
+    ],
+    "properties": {
+        "time": _TIME,
+        "samples": {"type": "integer", "minimum": 1},
+        "eventsInPerS": {"type": "number"},
+        "eventsOutPerS": {"type": "number"},
+        "batchSizeAvg": _NUMBER_OR_NULL,
+        "copyLatencyP99MaxS": _NUMBER_OR_NULL,
+        "groupLagMax": {"type": ["integer", "null"]},
+        "wsConnectionsMax": {"type": ["integer", "null"]},
+        "rssBytesMax": {"type": "integer"},
+        "cpuPercent": {"type": "number"},
+    },
+}  # fmt: skip
+API_SCHEMAS["Performance"] = {
+    "type": "object",
+    "required": ["bucket", "from", "to", "truncated", "processes"],
+    "properties": {
+        "bucket": {"enum": list(BUCKETS)},
+        "from": _TIME,
+        "to": _TIME,
+        "truncated": {"type": "boolean"},
+        "processes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["kind", "name", "points"],
+                "properties": {
+                    "kind": {"enum": list(KINDS)},
+                    "name": {"type": "string"},
+                    "points": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/PerformancePoint"},
+                    },
+                },
+            },
+        },
+    },
+}
+_ERROR: Final = {"$ref": "#/components/schemas/Error"}
+API_PATHS["/api/v1/system/performance"] = {
+    "get": {
+        "summary": "Performance samples of every gateway and worker, per time bucket (admin)",
+        "security": _BEARER,
+        "parameters": [
+            _query("from", "range start (RFC 3339 with a zone; default depends on bucket)", _TIME),
+            _TO,
+            _query("bucket", "bucket width (default 1m)", {"enum": list(BUCKETS)}),
+            _query("kind", "only processes of this kind", {"enum": list(KINDS)}),
+        ],
+        "responses": {
+            "200": _ok({"$ref": "#/components/schemas/Performance"}),
+            "400": _ok(_ERROR, "a query parameter is invalid; `field` names it"),
+            "401": _ok(_ERROR, "missing or invalid bearer token"),
+            "403": _ok(_ERROR, "the token's role is not admin"),
+            "503": _ok(_ERROR, "TimescaleDB is unavailable"),
+        },
+    }
 }

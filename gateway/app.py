@@ -16,10 +16,12 @@ from gateway import (
     api_goals,
     api_metrics,
     api_summary,
+    api_system,
     health,
     ingest,
     metrics,
     openapi,
+    perf,
     ratelimit,
     requestid,
     security,
@@ -62,12 +64,14 @@ def create_app(settings: Settings) -> web.Application:
     # The analytics API (/api/v1); see gateway/api.py.
     for api_group in (api_metrics.routes, api_summary.routes, api_events.routes, api_goals.routes):
         app.add_routes(api_group)
+    app.add_routes(api_system.routes)  # /api/v1/system: admin-only operations figures
     # Response hooks also reach the responses aiohttp builds itself (404, 500).
     app.on_response_prepare.append(requestid.on_response_prepare)
     app.on_response_prepare.append(security.on_response_prepare)
     app.on_response_prepare.append(ratelimit.on_response_prepare)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_db_ctx)
+    app.cleanup_ctx.append(perf.perf_ctx)  # after the two above: it samples through them
     if settings.ws_enabled:
         ws.setup(app)  # `/ws` and the fan-out, which needs the two contexts above
     return app

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.perf import PERF_IN_WORKER, gateway_totals
 from gateway.ws import start_ws_site
 from pipeline.worker import ALL_GROUPS, run_worker
 from schemas.settings import Settings
@@ -35,6 +36,8 @@ async def serve(
     ws_runner: web.AppRunner | None = None
     if gateway:
         app = create_app(settings)
+        # One process, one performance series: the worker samples both sides (kind `all`).
+        app[PERF_IN_WORKER] = worker
         runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
@@ -52,6 +55,7 @@ async def serve(
                 stop,
                 metrics_port=None if gateway else settings.metrics_port,
                 groups=groups,
+                gateway_totals=(lambda: gateway_totals(settings)) if gateway else None,
             )
         else:
             await stop.wait()

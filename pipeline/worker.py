@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Final
 
@@ -13,12 +13,14 @@ import redis.asyncio as redis
 from prometheus_client import start_http_server
 
 from pipeline.maintenance import run_scheduled
+from pipeline.perf import start_sampler
 from pipeline.processor import Processor
 from pipeline.runner import Runner, id_key, safe_trim_floor
 from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, backlog_key, events_stream
 from sinks.db import create_pool
+from sinks.perf_sampler import Totals
 from sinks.rollups import edition
 
 __all__ = ["ALL_GROUPS", "open_redis", "run_worker", "trim_metrics_stream"]
@@ -81,9 +83,11 @@ async def run_worker(
     *,
     metrics_port: int | None = None,
     groups: Sequence[str] = ALL_GROUPS,
+    gateway_totals: Callable[[], Totals] | None = None,
 ) -> None:
     """Run the groups' runners (WORKER_CONCURRENCY for `processor`) until `stop` is set, then
-    let each finish its batch and return."""
+    let each finish its batch and return. `gateway_totals`: the figures of a gateway in this
+    same process (`analytics up`), whose performance samples then cover both (kind `all`)."""
     if metrics_port is not None:
         start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
     async with AsyncExitStack() as stack:
@@ -132,6 +136,7 @@ async def run_worker(
         trimmer = asyncio.create_task(
             _trim_metrics_forever(client, settings.metrics_stream_retention, stop)
         )
+        sampler = start_sampler(settings, client, pool, groups, stop, gateway_totals=gateway_totals)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for r in runners:
@@ -146,6 +151,7 @@ async def run_worker(
         stopper.cancel()
         maintenance.cancel()
         trimmer.cancel()
+        sampler.cancel()  # `stop` usually ended its loop already; a failed runner did not
         failures = [
             e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
         ]
