@@ -6,13 +6,21 @@
   events they hold; `next` is the cursor of the following page (null on the last).
 - `POST /admin/dlq/replay` `{"ids": [...]}` or `{"all": true}`: each dead letter goes back
   into its partition stream as a fresh entry in the gateway's format (fields
-  `event_id -> msgpack event`), and leaves the DLQ in the same atomic step (REPLAY_LUA), so a
-  dead letter is replayed at most once however often or concurrently the call is repeated.
-  Replays bypass the dedup window on purpose: these events were accepted once and never stored.
-  A letter whose events cannot be decoded, or whose stream is not a partition stream, stays.
+  `event_id -> msgpack event`), exactly once however often, concurrently or interrupted the
+  call is repeated. A letter whose events cannot be decoded, or whose stream is not a
+  partition stream, stays.
 
-On a Redis Cluster `REPLAY_LUA` spans `ia:dlq` and a partition's keys, which live on different
-slots; replay there needs the DLQ moved under the partition's hash tag first.
+Replay is two steps, each a call on one Redis Cluster slot (`ia:dlq` and a partition's keys
+hash to different slots, so no single script may touch both):
+1. `REPLAY_APPEND_LUA`, on the partition's slot: unless the letter's replay mark
+   (`ia:replayed:{p}:<dlq id>`) exists, XADD the events, count them into the backlog and set
+   the mark, atomically; with the mark present it appends nothing.
+2. `XDEL ia:dlq <id>`, on the DLQ's slot. Whoever removes the letter reports it `replayed`;
+   concurrent callers that lost the race report `not_found`.
+A gateway that dies between the two leaves the letter in the DLQ with its mark set: the next
+replay finds the mark, appends nothing and removes the letter. The mark is keyed by DLQ id, not
+event id: the dedup window would drop these events (they were accepted once, never stored),
+and an event that fails again is a new letter that must be replayable again.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncpg
 import msgspec
 import orjson
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.auth import require_role
@@ -36,20 +45,25 @@ from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM, backlog_key, events_stream, partition_of
 from sinks.db import connect
 
-__all__ = ["REPLAY_LUA", "routes"]
+__all__ = ["REPLAY_APPEND_LUA", "append_letter", "replay_mark_key", "routes"]
 
 routes = web.RouteTableDef()
 
-# KEYS[1] ia:dlq, KEYS[2] target stream, KEYS[3] its backlog hash.
-# ARGV[1] DLQ entry id, ARGV[2] event count, ARGV[3..] field/value pairs of the new entry.
-# Returns the new entry's id, or nil when the letter is gone (replayed already).
-REPLAY_LUA: Final = """#!lua
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+# KEYS[1] the letter's replay mark, KEYS[2] target stream, KEYS[3] its backlog hash: one hash
+# tag, one slot. ARGV[1] mark TTL (s), ARGV[2] event count, ARGV[3..] the new entry's
+# field/value pairs. Returns {entry id, 1 if appended now or 0 if marked before}.
+REPLAY_APPEND_LUA: Final = """#!lua
+local before = redis.call('GET', KEYS[1])
+if before then return {before, 0} end
 local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 redis.call('HINCRBY', KEYS[3], 'appended', tonumber(ARGV[2]))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return id
+redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
+return {id, 1}
 """
+# A retry after a crash comes within minutes or hours. Past a week, a letter whose XDEL was
+# lost would be appended again, which the hypertables' unique index on event_id still absorbs
+# (DESIGN.md 2), so the marks (a few dozen bytes per replayed letter) need not live forever.
+_REPLAY_MARK_TTL_S: Final = 7 * 86400
 _ENTRY_ID: Final = re.compile(r"^\d{1,20}-\d{1,20}$")
 _PAGE_DEFAULT: Final = 50
 _PAGE_MAX: Final = 500
@@ -176,28 +190,50 @@ def _target(settings: Settings, fields: dict[bytes, bytes]) -> tuple[int, str] |
     return f"{stream or 'its stream'} is not a partition stream"
 
 
+def replay_mark_key(partition: int, entry_id: str) -> str:
+    """Under the partition's hash tag (schemas/streams.py), so step 1 stays on one slot."""
+    return f"ia:replayed:{{{partition}}}:{entry_id}"
+
+
+async def append_letter(
+    redis: Redis, settings: Settings, entry_id: str, fields: dict[bytes, bytes]
+) -> dict[str, Any] | str:
+    """Step 1: append a letter's events to its partition unless done before; where they went
+    (`stream`, `new_entry_id`, `events`, `fresh`), or why the letter cannot be replayed."""
+    target = _target(settings, fields)
+    if isinstance(target, str):
+        return target
+    partition, stream = target
+    events = _events(fields)
+    args: list[Any] = [_REPLAY_MARK_TTL_S, len(events)]
+    for event_id, payload in events:
+        args += [event_id, payload]
+    keys = [replay_mark_key(partition, entry_id), stream, backlog_key(partition)]
+    new_id, fresh = await redis.eval(REPLAY_APPEND_LUA, len(keys), *keys, *args)
+    return {
+        "stream": stream,
+        "new_entry_id": _text(new_id),
+        "events": len(events),
+        "fresh": bool(fresh),
+    }
+
+
 async def _replay_one(
     request: web.Request, entry_id: str, fields: dict[bytes, bytes]
 ) -> dict[str, Any]:
-    target = _target(request.app[SETTINGS], fields)
-    if isinstance(target, str):
-        return {"id": entry_id, "status": "skipped", "reason": target}
-    partition, stream = target
-    events = _events(fields)
-    args: list[Any] = [entry_id, len(events)]
-    for event_id, payload in events:
-        args += [event_id, payload]
     redis = request.app[REDIS]
-    keys = [DLQ_STREAM, stream, backlog_key(partition)]
-    new_id = await redis.eval(REPLAY_LUA, len(keys), *keys, *args)
-    if new_id is None:
+    appended = await append_letter(redis, request.app[SETTINGS], entry_id, fields)
+    if isinstance(appended, str):
+        return {"id": entry_id, "status": "skipped", "reason": appended}
+    # Step 2, on the DLQ's own slot; see the module docstring.
+    if not await redis.xdel(DLQ_STREAM, entry_id):
         return {"id": entry_id, "status": "not_found"}
     return {
         "id": entry_id,
         "status": "replayed",
-        "stream": stream,
-        "new_entry_id": _text(new_id),
-        "events": len(events),
+        "stream": appended["stream"],
+        "new_entry_id": appended["new_entry_id"],
+        "events": appended["events"],
     }
 
 

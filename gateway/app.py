@@ -17,6 +17,7 @@ from gateway import (
     api_metrics,
     api_summary,
     api_system,
+    compression,
     health,
     ingest,
     metrics,
@@ -47,10 +48,12 @@ _REDIS_SOCKET_TIMEOUT_S = 10.0
 def create_app(settings: Settings) -> web.Application:
     check_jwt_settings(settings)  # a bad JWT_PUBLIC_KEY stops the process at start
     # Outermost first: the request id is bound before anything logs, metrics see the status
-    # the error middleware rendered, and 429s and preflights render as every other error.
+    # the error middleware rendered, large answers and errors alike are compressed, and 429s
+    # and preflights render as every other error.
     middlewares = [
         requestid.middleware,
         metrics.middleware,
+        compression.middleware,
         error_middleware,
         security.preflight_middleware,
         ratelimit.middleware,

@@ -1,21 +1,30 @@
 """HTTP errors as the API promises them: `{"error": {"code", "message", "field"}}` with the status.
 
 Handlers raise `ApiError`; `error_middleware` renders it. aiohttp raises its own
-`HTTPRequestEntityTooLarge` while reading a body past `client_max_size`, before any handler can
-check the size; the middleware renders that one in the same shape, so a producer parses one
+`HTTPException`s before or around our handlers: the router's 404 (no route) and 405 (wrong
+method, with `Allow`), `HTTPRequestEntityTooLarge` while reading a body past
+`client_max_size`, a body it could not read (bad chunking or Content-Encoding: a 400). The
+middleware renders those in the same shape (keeping their headers, such as `Allow`), and an
+exception no layer handled as a JSON 500 (logged with its traceback), so a client parses one
 error format whatever layer refused the request.
+
+Not covered: requests that are not valid HTTP at all (a malformed request line or header).
+aiohttp's protocol layer answers those with a plain-text 400 and closes the connection before
+any application code runs; no client that speaks HTTP gets one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
-__all__ = ["ApiError", "error_body", "error_middleware"]
+__all__ = ["ApiError", "error_body", "error_middleware", "http_error"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,38 @@ def error_body(code: str, message: str, field: str | None) -> dict[str, str]:
     return body
 
 
+# Codes for aiohttp's own refusals where the status phrase would read worse (413's phrase is
+# "Request Entity Too Large"; our handlers already answer "payload_too_large").
+_CODES: Final = {413: "payload_too_large"}
+# Headers of an HTTPException that describe its plain-text body, not the refusal.
+_BODY_HEADERS: Final = frozenset({"content-type", "content-length", "content-encoding"})
+
+
+def _code(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "http_error"
+    return _CODES.get(status) or "_".join(phrase.lower().replace("-", " ").split())
+
+
+def http_error(request: web.Request, e: web.HTTPException) -> ApiError:
+    """aiohttp's refusal as an ApiError: the same status and headers (`Allow` of a 405), a
+    message that says what was refused rather than repeating the status line."""
+    default_text = f"{e.status}: {e.reason}"
+    message = e.text if e.text and e.text != default_text else e.reason
+    field: str | None = None
+    if e.status == 404:
+        message = f"no route for {request.method} {request.path}"
+    elif e.status == 405:
+        allowed = e.headers.get("Allow", "")
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+    elif e.status == 413:
+        field = "$"
+    headers = {k: v for k, v in e.headers.items() if k.lower() not in _BODY_HEADERS}
+    return ApiError(e.status, _code(e.status), message, field, headers=headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -72,8 +113,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 extra={"path": request.path, "status": e.status, "code": e.code},
             )
         return e.response()
-    except web.HTTPRequestEntityTooLarge as e:
-        # aiohttp's text says "Maximum request body size X exceeded, actual body size Y".
-        return ApiError(
-            413, "payload_too_large", e.text or "request body too large", "$"
-        ).response()
+    except web.HTTPException as e:
+        if e.status < 400:  # a redirect or an empty success raised as an exception
+            raise
+        return http_error(request, e).response()
+    except RequestPayloadError as e:
+        # The body broke while aiohttp read it (bad chunking, an undecodable Content-Encoding):
+        # the client's fault, a 400, which aiohttp itself would have answered as a 500.
+        reason = getattr(e.__cause__, "message", None) or "the request body could not be read"
+        response = ApiError(400, "malformed_body", str(reason).strip(), "$").response()
+        # The rest of the body cannot be parsed either, so the connection cannot be reused.
+        response.force_close()
+        return response
+    except ConnectionError:
+        raise  # the client is gone: there is nobody to answer
+    except TimeoutError:
+        # aiohttp answers 504 for a handler's timeout too; keep that, in our shape.
+        log.warning("request timed out", extra={"path": request.path}, exc_info=True)
+        return ApiError(504, "timeout", "the request timed out").response()
+    except Exception:
+        if request.writer.output_size > 0:
+            raise  # a response (a WebSocket upgrade) has started: aiohttp closes the connection
+        # The traceback goes to the log, never to the client.
+        log.exception("unhandled error", extra={"path": request.path})
+        return ApiError(500, "internal_error", "internal server error").response()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.admin_seed import SEED_PATHS
 from gateway.api_openapi import API_PATHS, API_SCHEMAS
+from gateway.ratelimit import EXEMPT_PATHS
 from schemas.events import EVENT_TYPES, MAX_PROPERTIES_BYTES
 
 __all__ = ["PATHS", "document", "routes"]
@@ -365,11 +366,44 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
+# Refusals that layers in front of every handler answer, whatever the route group wrote down:
+# the rate limiter (gateway/ratelimit.py) and, for a request body, aiohttp's reader
+# (client_max_size: 413; a body it cannot read: 400, see gateway/errors.py).
+_LAYER_ERRORS: Final = {
+    "400": _error("malformed request"),
+    "413": _error("request body too large"),
+    "429": _RATE_LIMITED,
+}
+
+
+def _with_layer_errors(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`paths` with the layers' refusals added where an operation can get them and does not
+    list them yet (a route's own, more specific description wins). Every 429 carries
+    `Retry-After`, which the limiter (and the ingest backlog refusal) always sends."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, operations in paths.items():
+        out[path] = {}
+        for method, operation in operations.items():
+            statuses: list[str] = []
+            if path not in EXEMPT_PATHS:
+                statuses.append("429")
+            if "requestBody" in operation:
+                statuses += ["400", "413"]
+            responses = dict(operation["responses"])
+            for status in statuses:
+                responses.setdefault(status, _LAYER_ERRORS[status])
+            if "429" in responses:
+                own = responses["429"]
+                responses["429"] = {**own, "headers": {**_RETRY_AFTER, **own.get("headers", {})}}
+            out[path][method] = {**operation, "responses": responses}
+    return out
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "inergize-analytics gateway", "version": "0.1.0"},
-        "paths": {**PATHS, **API_PATHS, **SEED_PATHS},
+        "paths": _with_layer_errors({**PATHS, **API_PATHS, **SEED_PATHS}),
         "components": {
             "schemas": {**SCHEMAS, **API_SCHEMAS},
             "securitySchemes": {

@@ -17,8 +17,10 @@ window/N), with bursts of up to N. Budgets, each per token subject and per clien
 A refused request gets 429 with `Retry-After` and the `RateLimit-*` headers of the draft IETF
 standard (the tightest budget's limit, remaining and seconds to a full refill); allowed
 requests carry the same `RateLimit-*` headers. The subject comes from a valid bearer token
-(an invalid one is ignored here and refused by the route). The IP is the TCP peer: behind a
-reverse proxy every client shares the proxy's budget unless that proxy applies its own limits.
+(an invalid one is ignored here and refused by the route). The IP is the TCP peer, unless the
+peer is one of TRUSTED_PROXIES: then it is the right-most address of `X-Forwarded-For` that is
+not itself a trusted proxy (gateway/clientip.py). With TRUSTED_PROXIES empty (the default)
+the header is ignored, and behind a reverse proxy every client shares the proxy's budget.
 
 If Redis fails, the check lets the request through (and logs): ingest then fails on its own with
 503, and the API must not go down with the limiter.
@@ -38,12 +40,14 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.auth import Principal, verify_token
+from gateway.clientip import client_ip
 from gateway.errors import ApiError
 from gateway.keys import REDIS, SETTINGS
 from gateway.metrics import RATE_LIMITED
 from schemas.settings import Settings
 
 __all__ = [
+    "EXEMPT_PATHS",
     "GCRA_LUA",
     "Budget",
     "Decision",
@@ -94,7 +98,9 @@ _SHA: Final = hashlib.sha1(GCRA_LUA.encode(), usedforsecurity=False).hexdigest()
 # One hash tag for every limiter key: a request's subject and IP keys are checked in one script
 # call, which on a Redis Cluster needs both on one slot.
 _PREFIX: Final = "{ia:rl}"
-_EXEMPT: Final = frozenset({"/health", "/ready", "/metrics"})
+# Probes an orchestrator and Prometheus must always reach; gateway/openapi.py documents 429
+# on every other route.
+EXEMPT_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
 _HEADERS: Final = web.RequestKey("ratelimit_headers", dict[str, str])
 
 
@@ -197,7 +203,8 @@ def _subject(request: web.Request, settings: Settings) -> str | None:
 
 async def _apply(request: web.Request, budget: Budget, subject: str | None) -> None:
     settings = request.app[SETTINGS]
-    decision = await check(request.app[REDIS], settings, budget, subject=subject, ip=request.remote)
+    ip = client_ip(request, settings.trusted_proxies)
+    decision = await check(request.app[REDIS], settings, budget, subject=subject, ip=ip)
     if decision is None:
         return
     scope = "subject" if subject is not None else "ip"
@@ -217,7 +224,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     """Inside the error middleware, so a 429 renders like every other error."""
     path = request.path
     if (
-        path in _EXEMPT
+        path in EXEMPT_PATHS
         or request.method == "OPTIONS"
         # WebSocket connects have their own budget, spent by the handler once it knows who
         # connects (the token may arrive as a query parameter or subprotocol).

@@ -18,6 +18,14 @@ allowed origin and 403 otherwise, before routing, so every route supports them. 
 
 Both are applied from `on_response_prepare`, so they reach responses aiohttp builds itself
 (404 from the router, 500 from an unhandled exception) as well as the handlers' own.
+
+WebSocket upgrades get no CORS protection from browsers (any page may open a socket to any
+host), so the WebSocket handler asks `check_websocket_origin` before upgrading. Allowed: a
+request without `Origin` (not a browser: a service, a CLI, a test client), an origin the CORS
+allow-list admits, and the gateway's own origin (`Origin` naming the `Host` the request was sent
+to: a dashboard served from the same host and port, which CORS would not restrict either).
+Everything else is refused with 403 before the upgrade. An empty `CORS_ORIGINS` therefore
+refuses every foreign browser page, as it refuses every foreign preflight; `*` admits all.
 """
 
 from __future__ import annotations
@@ -26,11 +34,17 @@ from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from gateway.errors import ApiError
 from gateway.keys import SETTINGS
 
-__all__ = ["SECURITY_HEADERS", "on_response_prepare", "preflight_middleware"]
+__all__ = [
+    "SECURITY_HEADERS",
+    "check_websocket_origin",
+    "on_response_prepare",
+    "preflight_middleware",
+]
 
 SECURITY_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
@@ -67,6 +81,34 @@ def _allowed_origin(request: web.Request) -> str | None:
     if origin in allowed or "*" in allowed:
         return origin
     return None
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """Does `origin` name the host and port this request was sent to? Compared after
+    normalising case and default ports (`https://h` is `https://h:443`, and so is `Host: h`)."""
+    try:
+        url = URL(origin)
+        target = URL.build(scheme=url.scheme, authority=request.host)
+    except (ValueError, TypeError):
+        return False
+    if url.scheme not in ("http", "https") or url.host is None or target.host is None:
+        return False  # `null` (a sandboxed frame, a file) or garbage: no origin to match
+    return url.host.lower() == target.host.lower() and url.port == target.port
+
+
+def check_websocket_origin(request: web.Request) -> None:
+    """For the WebSocket handler, before upgrading: raise 403 for a browser page whose origin
+    is neither allowed by CORS_ORIGINS nor the gateway's own."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or _allowed_origin(request) is not None or _same_origin(origin, request):
+        return
+    raise ApiError(
+        403,
+        "origin_not_allowed",
+        f"Origin {origin[:200]!r} is not in CORS_ORIGINS; browser pages from other origins may "
+        "not open a WebSocket",
+        "Origin",
+    )
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

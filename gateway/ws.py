@@ -1,6 +1,8 @@
 """The WebSocket endpoint: `/` on WS_PORT and `/ws` on HTTP_PORT. The protocol, message by
 message, is in docs/websocket.md; the shapes are in schemas/ws.py.
 
+A browser page from an origin outside CORS_ORIGINS (and not the gateway's own) is refused with
+403 before the upgrade; requests without `Origin` are not browsers and pass (gateway/security.py).
 Authentication happens before the upgrade (a refused client gets an HTTP 401 it can read):
 `Authorization: Bearer <jwt>`, else `Sec-WebSocket-Protocol: bearer, <jwt>` (the `bearer`
 subprotocol is echoed, as browsers require), else a `token` query parameter. A token that
@@ -29,9 +31,10 @@ from redis.backoff import NoBackoff
 
 from gateway import ratelimit
 from gateway.auth import LEEWAY_S, verify_token
-from gateway.errors import ApiError
+from gateway.errors import ApiError, http_error
 from gateway.fanout import CLOSE_TIMEOUT_S, READ_SOCKET_TIMEOUT_S, Fanout
 from gateway.keys import DB_POOL, FANOUT, REDIS, SETTINGS
+from gateway.security import check_websocket_origin
 from gateway.ws_messages import receive
 from gateway.ws_session import Session
 from schemas.settings import Settings
@@ -62,6 +65,10 @@ def create_ws_app(main: web.Application) -> web.Application:
     app[REDIS] = main[REDIS]
     app[FANOUT] = main[FANOUT]
     app.router.add_get("/", handler)
+    # Every other request gets the router's 404/405 as JSON from a catch-all route, not from a
+    # middleware: any middleware (and the one aiohttp then adds) keeps a coroutine frame alive
+    # for the length of every WebSocket session.
+    app.router.add_route("*", "/{tail:.*}", _unrouted)
     app.on_shutdown.append(_close_sessions)
     return app
 
@@ -107,6 +114,16 @@ async def _close_sessions(app: web.Application) -> None:
     await app[FANOUT].close_all(1001, "server shutting down")
 
 
+async def _unrouted(request: web.Request) -> web.Response:
+    """404, or 405 for `/` with a method other than GET (the route above took GET and HEAD)."""
+    refusal: web.HTTPException = (
+        web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        if request.path == "/"
+        else web.HTTPNotFound()
+    )
+    return http_error(request, refusal).response()
+
+
 # --- the connection ----------------------------------------------------------------------
 
 
@@ -148,6 +165,8 @@ async def _accept(
         raise ApiError(
             503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"}
         )
+    # Before the token: a foreign page learns nothing, not even whether its token is valid.
+    check_websocket_origin(request)
     token = _token(request)
     principal = verify_token(settings, token)
     await ratelimit.check_websocket(request, principal)

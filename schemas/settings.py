@@ -8,15 +8,16 @@ failing on the first request.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeAlias, TypeVar, cast
 
 from schemas.errors import SettingsError
 
-__all__ = ["PLACEHOLDER_SECRETS", "Settings", "parse_duration"]
+__all__ = ["PLACEHOLDER_SECRETS", "IPNetwork", "Settings", "parse_duration"]
 
 T = TypeVar("T")
 
@@ -104,6 +105,22 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    """IP addresses and CIDR blocks; host bits are ignored (`10.1.2.3/8` is `10.0.0.0/8`)."""
+    out = []
+    for item in _csv(raw):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or CIDR blocks such as 10.0.0.0/8, got {item!r}"
+            ) from None
+    return tuple(out)
+
+
 def _setting(default: T, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "secret": secret})
 
@@ -188,6 +205,9 @@ class Settings:
     rate_limit_api_ip: int = _setting(3000, _int(0, 1_000_000_000))
     rate_limit_ws_subject: int = _setting(60, _int(0, 1_000_000_000))
     rate_limit_ws_ip: int = _setting(120, _int(0, 1_000_000_000))
+    # Reverse proxies whose `X-Forwarded-For` is believed for the client IP (rate limits). Empty
+    # trusts nobody: otherwise any client could name its own IP and dodge the per-IP budgets.
+    trusted_proxies: tuple[IPNetwork, ...] = _setting((), _networks)
     # JWT verification: HS256 with JWT_SECRET, or RS256 with JWT_PUBLIC_KEY (PEM; `\n` escapes
     # are accepted for one-line environment values). Audience and issuer are checked when set.
     jwt_algorithm: str = _setting("hs256", _choice("hs256", "rs256"))

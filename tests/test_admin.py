@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from gateway.admin import append_letter, replay_mark_key
 from pipeline.runner import DeadLetter, Delivery, Runner
 from schemas.events import StreamEvent, stream_event_decoder, stream_event_encoder
 from schemas.streams import DLQ_STREAM, backlog_key, events_stream, partition_of
@@ -195,6 +196,46 @@ async def test_concurrent_replays_of_one_letter_append_it_once(
     replayed = [(await r.json())["replayed"] for r in responses]
     assert sorted(replayed) == [0] * 7 + [1]
     assert len(await stream_entries(ops_redis, 2)) == 1
+
+
+async def test_replay_completes_a_replay_whose_gateway_died_half_way(
+    make_client: MakeClient, ops_redis: Redis
+) -> None:
+    """State a gateway leaves when it dies between the append (partition slot) and the XDEL
+    (DLQ slot): the events appended and marked, the letter still listed. A retry appends
+    nothing and removes the letter."""
+    letter = one_event_letter(1)
+    [dlq_id] = await dead_letter(ops_redis, letter)
+    rows: Any = await ops_redis.xrange(DLQ_STREAM, dlq_id, dlq_id)
+    first = await append_letter(ops_redis, ops_settings(), dlq_id, dict(rows[0][1]))
+    assert isinstance(first, dict) and first["fresh"] is True
+    assert await ops_redis.xlen(DLQ_STREAM) == 1  # ... and here the gateway died
+
+    client = await make_client()
+    response = await client.post("/admin/dlq/replay", json={"ids": [dlq_id]}, headers=bearer())
+    [result] = (await response.json())["results"]
+    assert result["status"] == "replayed"
+    assert result["new_entry_id"] == first["new_entry_id"]  # the first append, not a new one
+    [[event]] = await stream_entries(ops_redis, 1)
+    assert event == stream_event_decoder.decode(letter.payload)
+    assert await ops_redis.hget(backlog_key(1), "appended") == b"1"
+    assert await ops_redis.xlen(DLQ_STREAM) == 0
+    assert await ops_redis.ttl(replay_mark_key(1, dlq_id)) > 86400
+
+
+async def test_a_letter_that_dies_again_can_be_replayed_again(
+    make_client: MakeClient, ops_redis: Redis
+) -> None:
+    """Marks are per letter, not per event: the same event dead-lettered a second time is a new
+    letter, and replaying it appends it again (the first replay's mark does not block it)."""
+    letter = one_event_letter(2)
+    [first_id] = await dead_letter(ops_redis, letter)
+    client = await make_client()
+    await client.post("/admin/dlq/replay", json={"ids": [first_id]}, headers=bearer())
+    [second_id] = await dead_letter(ops_redis, letter)
+    response = await client.post("/admin/dlq/replay", json={"ids": [second_id]}, headers=bearer())
+    assert (await response.json())["replayed"] == 1
+    assert len(await stream_entries(ops_redis, 2)) == 2
 
 
 async def test_replay_all_restores_whole_entries_in_order(
