@@ -99,7 +99,8 @@ async def replay(redis: Redis, session: Session, after: EntryKey, soft_bytes: in
 
     Alerts share the millisecond clock of metrics ids but not their sequence numbers, so alerts
     of `after`'s own millisecond are sent too: a client may see such an alert twice (dedupe by
-    `alertId`), never miss it. Raises ResyncNeeded when the history is incomplete.
+    `alertId`), never miss it. An alert whose id equals a metrics entry's goes after it.
+    Raises ResyncNeeded when the history is incomplete.
     """
     bounds = await stream_bounds(redis, METRICS_STREAM)
     if bounds is None:
