@@ -42,10 +42,16 @@ from migrations import runner
 from schemas.errors import MigrationError
 from schemas.events import stream_event_decoder
 from schemas.settings import Settings
-from schemas.streams import DLQ_STREAM, backlog_key, events_stream, partition_of
+from schemas.streams import (
+    DLQ_STREAM,
+    backlog_key,
+    events_stream,
+    partition_of,
+    replay_mark_key,
+)
 from sinks.db import connect
 
-__all__ = ["REPLAY_APPEND_LUA", "append_letter", "replay_mark_key", "routes"]
+__all__ = ["REPLAY_APPEND_LUA", "append_letter", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -188,11 +194,6 @@ def _target(settings: Settings, fields: dict[bytes, bytes]) -> tuple[int, str] |
         if events_stream(p) == stream:
             return p, stream
     return f"{stream or 'its stream'} is not a partition stream"
-
-
-def replay_mark_key(partition: int, entry_id: str) -> str:
-    """Under the partition's hash tag (schemas/streams.py), so step 1 stays on one slot."""
-    return f"ia:replayed:{{{partition}}}:{entry_id}"
 
 
 async def append_letter(

@@ -18,6 +18,7 @@ __all__ = [
     "dedup_key",
     "events_stream",
     "partition_of",
+    "replay_mark_key",
 ]
 
 # Where the gateway appends accepted events, one stream per partition so replicas share work
@@ -28,6 +29,9 @@ _DEDUP: Final = "ia:dedup:{%d}:%d"
 # Per-partition hash of monotonic counters `appended` and `acked` (events, not entries); their
 # difference is the backlog the gateway compares with INGEST_MAX_BACKLOG.
 _BACKLOG: Final = "ia:backlog:{%d}"
+# Set when a dead letter's events were appended back to partition %d by a DLQ replay, so a
+# retried replay (the gateway died before removing the letter) does not append them twice.
+_REPLAY_MARK: Final = "ia:replayed:{%d}:%s"
 
 # The batch's metric changes after commit, read by alerting, rollup and every gateway's fan-out.
 METRICS_STREAM: Final = "ia:metrics"
@@ -55,3 +59,7 @@ def dedup_key(partition: int, slice_index: int) -> str:
 
 def backlog_key(partition: int) -> str:
     return _BACKLOG % partition
+
+
+def replay_mark_key(partition: int, dlq_entry_id: str) -> str:
+    return _REPLAY_MARK % (partition, dlq_entry_id)

@@ -15,9 +15,10 @@ are excluded at plan time:
 
 - one statement reads each user's raw rows of the last RECENT_DAYS (whole days) and takes
   the window sums, the latest figures and the net changes after the latest snapshot;
-- a user who reported no snapshot, followers or completeness in that span (rare: profiles
-  report about daily) gets the older figures, and the net changes before the span, from the
-  daily rollup (sinks/past_values.py, one user at a time).
+- users who reported no snapshot, followers or completeness in that span get the older figures,
+  and the net changes before the span, from the daily rollup, in one more statement for all
+  of them; only a user whose latest snapshot is older than the span (rare: profiles report
+  about daily) costs queries of its own (sinks/past_values.py).
 """
 
 from __future__ import annotations
@@ -63,6 +64,24 @@ SELECT r.user_id, s.snapshot_time,
            FILTER (WHERE r.profile_completeness IS NOT NULL) AS profile_completeness
 FROM r JOIN snap s USING (user_id)
 GROUP BY r.user_id, s.snapshot_time
+"""
+
+# $1 users, $2 start of the recent span: the newest day before it reporting each figure, and
+# the net connection changes of all those days.
+_OLDER: Final = """
+SELECT u.user_id,
+       (SELECT d.bucket FROM profile_metrics_daily d WHERE d.user_id = u.user_id
+          AND d.bucket < $2 AND d.connections IS NOT NULL
+          ORDER BY d.bucket DESC LIMIT 1) AS snapshot_day,
+       (SELECT d.followers FROM profile_metrics_daily d WHERE d.user_id = u.user_id
+          AND d.bucket < $2 AND d.followers IS NOT NULL
+          ORDER BY d.bucket DESC LIMIT 1) AS followers,
+       (SELECT d.profile_completeness FROM profile_metrics_daily d WHERE d.user_id = u.user_id
+          AND d.bucket < $2 AND d.profile_completeness IS NOT NULL
+          ORDER BY d.bucket DESC LIMIT 1) AS completeness,
+       (SELECT sum(d.connections_added - d.connections_removed) FROM profile_metrics_daily d
+         WHERE d.user_id = u.user_id AND d.bucket < $2) AS net
+FROM unnest($1::text[]) AS u(user_id)
 """
 
 # $1 users, $2 start of the window.
@@ -117,19 +136,39 @@ async def current_values(conn: Conn, user_ids: Sequence[str], at: datetime) -> C
     window = at - _WINDOW
     profiles = {r["user_id"]: r for r in await conn.fetch(_PROFILE, users, recent, window)}
     engagements = {r["user_id"]: r for r in await conn.fetch(_ENGAGEMENT, users, window)}
+    found = {user: Figures() for user in users}
+    for user, row in profiles.items():
+        found[user].fill(row["connections"], row["snapshot_time"], row["followers"],
+                         row["profile_completeness"])  # fmt: skip
+    older = [user for user in users if found[user].missing()]
+    net_before_span = await _fill_from_rollup(conn, older, recent, found) if older else {}
     out: CurrentValues = {}
     for user in users:
-        p = profiles.get(user)
-        found = Figures()
-        if p is not None:
-            found.fill(p["connections"], p["snapshot_time"], p["followers"],
-                       p["profile_completeness"])  # fmt: skip
-        if found.missing():
-            await older_figures(conn, user, recent, found)
+        f, p = found[user], profiles.get(user)
         # The recent rows' net changes count after the latest snapshot (all of them when that
         # snapshot is older than the span, whose changes before the span come from the rollup).
-        connections = float(found.connections or 0) + (float(p["net"]) if p is not None else 0.0)
-        if found.snapshot_time is None or found.snapshot_time < recent:
-            connections += await net_before(conn, user, found.snapshot_time, recent)
-        out[user] = _values(p, engagements.get(user), found, connections)
+        connections = float(f.connections or 0) + (float(p["net"]) if p is not None else 0.0)
+        if f.snapshot_time is None:
+            connections += net_before_span.get(user, 0)
+        elif f.snapshot_time < recent:
+            connections += await net_before(conn, user, f.snapshot_time, recent)
+        out[user] = _values(p, engagements.get(user), f, connections)
     return out
+
+
+async def _fill_from_rollup(
+    conn: Conn, users: list[str], recent: datetime, found: dict[str, Figures]
+) -> dict[str, int]:
+    """Fill the users' missing figures from before `recent`, in one statement over the daily
+    rollup for all of them; returns each user's net connection changes before `recent` (what
+    counts for a user who never reported a snapshot). A user whose latest snapshot is older
+    than the span (rare: profiles report about daily) gets it looked up alone."""
+    net: dict[str, int] = {}
+    for r in await conn.fetch(_OLDER, users, recent):
+        user = r["user_id"]
+        f = found[user]
+        f.fill(None, None, r["followers"], r["completeness"])
+        net[user] = int(r["net"] or 0)
+        if f.connections is None and r["snapshot_day"] is not None:
+            await older_figures(conn, user, recent, f)
+    return net

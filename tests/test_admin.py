@@ -11,10 +11,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.admin import append_letter, replay_mark_key
+from gateway.admin import append_letter
 from pipeline.runner import DeadLetter, Delivery, Runner
 from schemas.events import StreamEvent, stream_event_decoder, stream_event_encoder
-from schemas.streams import DLQ_STREAM, backlog_key, events_stream, partition_of
+from schemas.streams import (
+    DLQ_STREAM,
+    backlog_key,
+    events_stream,
+    partition_of,
+    replay_mark_key,
+)
 from tests.conftest import ScratchDb
 from tests.ops_support import MakeClient, bearer, flushed_redis, gateways, ops_settings
 from tests.streams_helpers import make_event
