@@ -27,12 +27,16 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from asyncpg import Record
-
-from schemas.influence import influence_score
 from schemas.metrics import CURRENT_WINDOW_DAYS
 from sinks.db import Conn
-from sinks.past_values import RECENT_DAYS, Figures, net_before, older_figures, recent_start
+from sinks.past_values import (
+    RECENT_DAYS,
+    Figures,
+    catalogue_values,
+    net_before,
+    older_figures,
+    recent_start,
+)
 
 __all__ = ["CurrentValues", "current_values"]
 
@@ -93,40 +97,6 @@ GROUP BY user_id
 """
 
 
-def _values(
-    profile: Record | None, engagement: Record | None, found: Figures, connections: float
-) -> dict[str, float | None]:
-    def total(row: Record | None, column: str) -> float:
-        value = row[column] if row is not None else None
-        return float(value) if value is not None else 0.0
-
-    impressions = total(engagement, "impressions")
-    likes, comments, shares = (total(engagement, c) for c in ("likes", "comments", "shares"))
-    rate = (likes + comments + shares) / impressions if impressions > 0 else None
-    completeness = float(found.completeness) if found.completeness is not None else None
-    values: dict[str, float | None] = {
-        "profileViews": total(profile, "profile_views"),
-        "searchAppearances": total(profile, "search_appearances"),
-        "messagesReceived": total(profile, "messages_received"),
-        "postsPublished": total(engagement, "posts_published"),
-        "impressions": impressions,
-        "likes": likes,
-        "comments": comments,
-        "shares": shares,
-        "engagementRate": rate,
-        "connections": connections,
-        "followers": float(found.followers) if found.followers is not None else None,
-        "profileCompleteness": completeness,
-    }
-    values["influenceScore"] = influence_score(
-        connections=connections,
-        profile_views_7d=values["profileViews"] or 0.0,
-        engagement_rate=rate or 0.0,
-        profile_completeness=completeness or 0.0,
-    )
-    return values
-
-
 async def current_values(conn: Conn, user_ids: Sequence[str], at: datetime) -> CurrentValues:
     """Every catalogue metric for each user in `user_ids`, with windows ending at `at`."""
     if not user_ids:
@@ -152,7 +122,9 @@ async def current_values(conn: Conn, user_ids: Sequence[str], at: datetime) -> C
             connections += net_before_span.get(user, 0)
         elif f.snapshot_time < recent:
             connections += await net_before(conn, user, f.snapshot_time, recent)
-        out[user] = _values(p, engagements.get(user), f, connections)
+        e = engagements.get(user)
+        sums = {**(dict(p) if p is not None else {}), **(dict(e) if e is not None else {})}
+        out[user] = catalogue_values(sums, f, connections)
     return out
 
 

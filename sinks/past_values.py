@@ -25,11 +25,10 @@ the moment before the rollup group, or the refresh policy, has folded it into th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
-
-from asyncpg import Record
+from typing import Any, Final
 
 from schemas.influence import influence_score
 from schemas.metrics import CURRENT_WINDOW_DAYS
@@ -39,6 +38,7 @@ from sinks.queries import ROLLUP_MARGIN
 __all__ = [
     "RECENT_DAYS",
     "Figures",
+    "catalogue_values",
     "live_values",
     "net_before",
     "older_figures",
@@ -228,20 +228,31 @@ async def _connections(
     return float((found.connections or 0) + net)
 
 
-def _values(sums: Record, found: Figures, connections: float) -> dict[str, float | None]:
-    impressions = float(sums["impressions"])
-    interactions = float(sums["likes"] + sums["comments"] + sums["shares"])
+_SUMS_COLUMNS: Final = (
+    "profile_views", "search_appearances", "messages_received", "posts_published",
+    "impressions", "likes", "comments", "shares",
+)  # fmt: skip
+
+
+def catalogue_values(
+    sums: Mapping[str, Any], found: Figures, connections: float
+) -> dict[str, float | None]:
+    """Every catalogue metric from the window sums (a missing or null sum is 0), the latest
+    figures and the connection count: the one place the definitions become values."""
+    t = {c: float(sums.get(c) or 0) for c in _SUMS_COLUMNS}
+    impressions = t["impressions"]
+    interactions = t["likes"] + t["comments"] + t["shares"]
     rate = interactions / impressions if impressions > 0 else None
     completeness = float(found.completeness) if found.completeness is not None else None
     values: dict[str, float | None] = {
-        "profileViews": float(sums["profile_views"]),
-        "searchAppearances": float(sums["search_appearances"]),
-        "messagesReceived": float(sums["messages_received"]),
-        "postsPublished": float(sums["posts_published"]),
+        "profileViews": t["profile_views"],
+        "searchAppearances": t["search_appearances"],
+        "messagesReceived": t["messages_received"],
+        "postsPublished": t["posts_published"],
         "impressions": impressions,
-        "likes": float(sums["likes"]),
-        "comments": float(sums["comments"]),
-        "shares": float(sums["shares"]),
+        "likes": t["likes"],
+        "comments": t["comments"],
+        "shares": t["shares"],
         "engagementRate": rate,
         "connections": connections,
         "followers": float(found.followers) if found.followers is not None else None,
@@ -266,7 +277,7 @@ async def _compute(
     sums = await conn.fetchrow(_SUMS, user_id, lower, first_hour, last_hour, upper)
     assert sums is not None  # noqa: S101 - aggregates without GROUP BY return one row
     found = await _figures(conn, user_id, at, upper)
-    return _values(sums, found, await _connections(conn, user_id, found, at, upper))
+    return catalogue_values(dict(sums), found, await _connections(conn, user_id, found, at, upper))
 
 
 async def values_at(conn: Conn, user_id: str, at: datetime) -> dict[str, float | None]:

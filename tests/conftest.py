@@ -7,13 +7,18 @@ import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from tests.ops_support import MakeClient
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/inergize_analytics_test"
@@ -103,3 +108,21 @@ async def migrated() -> Settings:
     finally:
         await conn.close()
     return s
+
+
+# The operations suites' gateways (tests/ops_support.py, Redis db 10); imported when used, since
+# ops_support itself builds on this module.
+@pytest.fixture
+async def ops_redis() -> AsyncIterator[Redis]:
+    from tests.ops_support import flushed_redis
+
+    async with flushed_redis() as client:
+        yield client
+
+
+@pytest.fixture
+async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
+    from tests.ops_support import gateways
+
+    async with gateways() as make:
+        yield make

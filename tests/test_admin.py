@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,21 +21,8 @@ from schemas.streams import (
     replay_mark_key,
 )
 from tests.conftest import ScratchDb
-from tests.ops_support import MakeClient, bearer, flushed_redis, gateways, ops_settings
+from tests.ops_support import MakeClient, bearer, ops_settings
 from tests.streams_helpers import make_event
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
 
 ADMIN_ENDPOINTS = [
     ("POST", "/admin/migrate", None),

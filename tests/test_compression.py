@@ -17,19 +17,7 @@ from gateway.app import create_app
 from gateway.compression import MIN_BYTES, preferred_coding
 from gateway.errors import ApiError
 from gateway.openapi import document
-from tests.ops_support import Client, MakeClient, bearer, flushed_redis, gateways, ops_settings
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
+from tests.ops_support import Client, MakeClient, bearer, ops_settings
 
 
 @pytest.fixture

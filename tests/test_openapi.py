@@ -8,18 +8,15 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import hdrs
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.openapi import document
 from gateway.ratelimit import EXEMPT_PATHS
 from schemas.settings import Settings
-from tests.ops_support import MakeClient, bearer, flushed_redis, gateways, ops_settings
+from tests.ops_support import MakeClient, bearer, ops_settings
 
 # Examples per operation and phase (with a token; without one every request stops at the 401,
 # so fewer tell as much): with ~25 operations the two runs take about 10-15 s on 2 cores.
@@ -43,18 +40,6 @@ CONFIG = """
 [parameters]
 "query.wait" = "false"
 %s"""
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
 
 
 def served_routes(settings: Settings) -> set[tuple[str, str]]:

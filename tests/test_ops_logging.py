@@ -8,27 +8,13 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from schemas.logs import LOG_CONTEXT, JsonFormatter, bind_log_context, json_handler
-from tests.ops_support import MakeClient, bearer, flushed_redis, gateways
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
+from tests.ops_support import MakeClient, bearer
 
 ReadLines = Callable[[], list[dict[str, Any]]]
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,7 @@ import pipeline.metrics  # noqa: F401 - registers the worker's metrics
 import sinks.timescale  # noqa: F401 - registers the COPY writer's metrics
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM, events_stream
-from tests.ops_support import Client, MakeClient, bearer, flushed_redis, gateways
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
+from tests.ops_support import Client, MakeClient, bearer
 
 PROMTOOL = shutil.which("promtool")
 

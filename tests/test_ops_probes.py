@@ -15,20 +15,8 @@ from redis.asyncio import Redis
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM, backlog_key, events_stream
 from tests.conftest import ScratchDb
-from tests.ops_support import MakeClient, bearer, flushed_redis, gateways, ops_settings
+from tests.ops_support import MakeClient, bearer, ops_settings
 from tests.tcp_proxy import TcpProxy
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ HTTP_PORT and on WS_PORT, and an unhandled exception's 500 (without its tracebac
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,20 +15,8 @@ from redis.asyncio import Redis
 from gateway.app import create_app
 from gateway.security import SECURITY_HEADERS
 from gateway.ws import create_ws_app
-from tests.ops_support import MakeClient, bearer, flushed_redis, gateways, ops_settings
+from tests.ops_support import MakeClient, bearer, ops_settings
 from tests.ws_support import gateway, ws_settings
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
 
 
 async def error_of(response: Any, status: int) -> dict[str, Any]:

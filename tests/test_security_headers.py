@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from redis.asyncio import Redis
 
 from gateway.security import SECURITY_HEADERS
-from tests.ops_support import MakeClient, flushed_redis, gateways
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
+from tests.ops_support import MakeClient
 
 APP = "https://app.example.com"
 

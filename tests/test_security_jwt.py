@@ -8,14 +8,12 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import LEEWAY_S, Principal, mint_token, verify_token
@@ -23,20 +21,7 @@ from gateway.errors import ApiError
 from schemas.errors import SettingsError
 from schemas.settings import Settings
 from tests.conftest import settings_for
-from tests.ops_support import MakeClient, flushed_redis, gateways
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
+from tests.ops_support import MakeClient
 
 PRIVATE = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PUBLIC_PEM = (

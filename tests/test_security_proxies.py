@@ -5,7 +5,6 @@ client cannot pick its own budget by sending the header."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,19 +13,7 @@ from redis.asyncio import Redis
 
 from schemas.errors import SettingsError
 from schemas.settings import Settings
-from tests.ops_support import MakeClient, flushed_redis, gateways
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
+from tests.ops_support import MakeClient
 
 
 def proxies(*items: str) -> tuple[Any, ...]:

@@ -4,31 +4,15 @@ separate for ingest, API and WebSocket connects, with 429 + Retry-After + RateLi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Principal
 from gateway.ratelimit import check_websocket
-from tests.ops_support import Client, MakeClient, bearer, flushed_redis, gateways, ops_settings
-
-
-@pytest.fixture
-async def ops_redis() -> AsyncIterator[Redis]:
-    async with flushed_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
-    async with gateways() as make:
-        yield make
-
+from tests.ops_support import Client, MakeClient, bearer, ops_settings
 
 OFF: dict[str, Any] = {
     "rate_limit_api_subject": 0,
