@@ -370,6 +370,11 @@ class Runner:
                     )
             except TRANSIENT_ERRORS:
                 log.warning("could not refresh claimed entries", extra={"group": self.group})
+            except ResponseError:
+                # The stream or group was deleted under us (NOGROUP): nothing is left to keep
+                # claimed, and the batch's acknowledgement meets the same recovery path.
+                log.warning("claimed entries are gone", extra={"group": self.group}, exc_info=True)
+                return
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Before acknowledging: a crash in between re-delivers, so a DLQ entry may repeat."""
