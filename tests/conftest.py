@@ -16,6 +16,8 @@ import pytest
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
     from redis.asyncio import Redis
 
     from tests.ops_support import MakeClient
@@ -126,3 +128,29 @@ async def make_client(ops_redis: Redis) -> AsyncIterator[MakeClient]:
 
     async with gateways() as make:
         yield make
+
+
+# The WebSocket suites' Redis (tests/ws_support.py, db 11), HTTP client and default gateway; a
+# module defines its own to differ (e.g. a gateway with other settings).
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    from tests.ws_support import ws_redis
+
+    async with ws_redis() as client:
+        yield client
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ClientSession]:
+    from aiohttp import ClientSession
+
+    async with ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def gw(migrated: Settings, redis: Redis) -> AsyncIterator[TestServer]:
+    from tests.ws_support import gateway, ws_settings
+
+    async with gateway(ws_settings(migrated)) as server:
+        yield server

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,12 +17,6 @@ from tests.ws_support import gateway, new_user, token, ws_settings
 
 APP = "https://app.example.com"
 EVIL = "https://evil.example"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
 
 
 def upgrade_headers(origin: str | None, jwt: str | None) -> dict[str, str]:

@@ -27,7 +27,7 @@ from sinks.aggregations import AggregationRun, refresh_aggregations
 from sinks.db import create_pool
 from sinks.rollups import recompute
 from tests.streams_helpers import make_event
-from tests.ws_support import gateway, new_user, token, ws_connect, ws_redis, ws_settings
+from tests.ws_support import new_user, token, ws_connect
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -51,24 +51,6 @@ WITH e AS (
 )
 SELECT e.rate, e.cadence, p.growth, p.wow FROM e, p
 """
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    async with ws_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def gw(migrated: Settings, redis: Redis) -> AsyncIterator[TestServer]:
-    async with gateway(ws_settings(migrated)) as server:
-        yield server
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
@@ -32,29 +30,10 @@ from tests.ws_support import (
     new_user,
     token,
     ws_connect,
-    ws_redis,
     ws_settings,
     xadd_alert,
     xadd_metrics,
 )
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    async with ws_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def gw(migrated: Settings, redis: Redis) -> AsyncIterator[TestServer]:
-    async with gateway(ws_settings(migrated)) as server:
-        yield server
 
 
 def sample(name: str, **labels: str) -> float:

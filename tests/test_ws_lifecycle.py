@@ -10,10 +10,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
@@ -32,22 +30,9 @@ from tests.ws_support import (
     new_user,
     token,
     ws_connect,
-    ws_redis,
     ws_settings,
     xadd_metrics,
 )
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    async with ws_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
 
 
 def _errors(kind: str) -> float:

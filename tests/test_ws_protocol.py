@@ -23,22 +23,9 @@ from tests.ws_support import (
     new_user,
     token,
     ws_connect,
-    ws_redis,
     ws_settings,
     xadd_metrics,
 )
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    async with ws_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

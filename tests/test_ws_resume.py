@@ -25,7 +25,6 @@ from tests.ws_support import (
     new_user,
     token,
     ws_connect,
-    ws_redis,
     ws_settings,
     xadd_alert,
     xadd_metrics,
@@ -36,18 +35,6 @@ from tests.ws_support import (
 TRIM_REDIS_DB = 9
 
 Post = Callable[..., Coroutine[Any, Any, None]]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    async with ws_redis() as client:
-        yield client
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession() as session:
-        yield session
 
 
 def _settings(migrated: Settings, **overrides: Any) -> Settings:
