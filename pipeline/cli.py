@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -52,7 +53,18 @@ def _parser() -> argparse.ArgumentParser:
 
     services = sub.add_parser("services", help="local Redis and TimescaleDB without Docker")
     ssub = services.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ssub.add_parser("up", help="install what is missing, start, create role and database")
+    sup = ssub.add_parser("up", help="install what is missing, start, create role and database")
+    sup.add_argument(
+        "--timescaledb-source",
+        type=Path,
+        metavar="PATH",
+        help="build the full TimescaleDB edition from this upstream tarball or source tree",
+    )
+    sup.add_argument(
+        "--edition",
+        choices=("apache", "timescale"),
+        help="TimescaleDB edition of the application's database (timescale needs a full build)",
+    )
     ssub.add_parser("down", help="stop the local PostgreSQL cluster and Redis")
     ssub.add_parser("status", help="report what runs and the TimescaleDB edition")
 
@@ -105,11 +117,12 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _services(settings: Settings, action: str) -> int:
+def _services(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline import services
 
+    action = args.action
     if action == "up":
-        services.up(settings)
+        services.up(settings, args.timescaledb_source, args.edition)
     elif action == "down":
         services.down(settings)
     else:
@@ -212,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings, args))
         if args.command == "services":
-            return _services(settings, args.action)
+            return _services(settings, args)
         if args.command == "token":
             return _token(settings, args)
         if args.command == "seed":

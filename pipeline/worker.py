@@ -115,22 +115,19 @@ async def run_worker(
         if ROLLUP_GROUP in groups:
             async with pool.acquire() as conn:
                 full_edition = await edition(conn) == "timescale"
-            if full_edition:
-                log.info("continuous aggregates maintain the rollups; rollup group not started")
-            else:
-                # ia:metrics is also the gateways' replay log for resuming dashboards, so this
-                # group never trims it.
-                runners.append(
-                    Runner(
-                        redis=client,
-                        settings=settings,
-                        group=ROLLUP_GROUP,
-                        streams=[METRICS_STREAM],
-                        handler=RollupStage(pool, client),
-                        stage="rollup",
-                        trim=False,
-                    )
+            # ia:metrics is also the gateways' replay log for resuming dashboards, so this
+            # group never trims it.
+            runners.append(
+                Runner(
+                    redis=client,
+                    settings=settings,
+                    group=ROLLUP_GROUP,
+                    streams=[METRICS_STREAM],
+                    handler=RollupStage(pool, client, full=full_edition),
+                    stage="rollup",
+                    trim=False,
                 )
+            )
         tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
         maintenance = asyncio.create_task(run_scheduled(settings, client, stop))
         trimmer = asyncio.create_task(

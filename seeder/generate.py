@@ -26,12 +26,11 @@ from schemas.influence import influence_score
 from seeder.personas import PERSONAS, Persona
 from sinks.aggregations import compute_aggregations
 from sinks.db import Conn
-from sinks.rollups import edition, recompute
+from sinks.rollups import edition, recompute, refresh
 from sinks.timescale import write_batch
 
 __all__ = ["SeedReport", "clear", "generate_user", "seed", "seed_status", "user_ids"]
 
-HOUR: Final = timedelta(hours=1)
 # Rows per COPY transaction: large enough for COPY's speed, small enough to show progress.
 _FLUSH_ROWS: Final = 50_000
 # Rollups are levelled for this many users and this much history per transaction: one
@@ -255,18 +254,11 @@ def generate_user(index: int, user: str, seed: int, days: int, until: datetime) 
 
 
 async def _level_rollups(conn: Conn, ids: list[str], start: datetime, end: datetime) -> None:
-    """Make the rollups equal to the rows just written: refresh the continuous aggregates
-    (full edition) or recompute our rollup tables (Apache)."""
+    """Make the rollups equal to the rows just written: materialise the whole span in the
+    continuous aggregates (full edition; past a policy's window they would otherwise never hold
+    it) or recompute our rollup tables (Apache)."""
     if await edition(conn) == "timescale":
-        for rollup in (
-            "profile_metrics_5min",
-            "profile_metrics_hourly",
-            "profile_metrics_daily",
-            "engagement_hourly",
-        ):
-            await conn.execute(
-                f"CALL refresh_continuous_aggregate('{rollup}', $1, $2)", start, end + HOUR
-            )
+        await refresh(conn, [(start, end)], whole=True)
     else:
         for i in range(0, len(ids), _LEVEL_USERS):
             lo = start
@@ -366,6 +358,16 @@ async def clear(conn: Conn) -> dict[str, int]:
     ]
     if not users:
         return removed
+    # What the continuous aggregates must forget: the time span of the rows about to go.
+    span = await conn.fetchrow(
+        "SELECT least(p.lo, e.lo) AS lo, greatest(p.hi, e.hi) AS hi FROM "
+        "(SELECT min(time) AS lo, max(time) AS hi FROM profile_metrics "
+        " WHERE user_id = ANY($1) AND event_id LIKE 'seed:%') p, "
+        "(SELECT min(time) AS lo, max(time) AS hi FROM engagement_metrics "
+        " WHERE user_id = ANY($1) AND event_id LIKE 'seed:%') e",
+        users,
+    )
+    spans = (span["lo"], span["hi"]) if span is not None and span["lo"] is not None else None
     async with conn.transaction():
         for table in _TABLES:
             status = await conn.execute(
@@ -385,13 +387,8 @@ async def clear(conn: Conn) -> dict[str, int]:
             ):
                 await conn.execute(f"DELETE FROM {rollup} WHERE user_id = ANY($1)", users)  # noqa: S608
         await conn.execute("DELETE FROM seed_runs")
-    if await edition(conn) == "timescale":
-        # Outside the transaction: a continuous aggregate refresh cannot run inside one.
-        for rollup in (
-            "profile_metrics_5min",
-            "profile_metrics_hourly",
-            "profile_metrics_daily",
-            "engagement_hourly",
-        ):
-            await conn.execute(f"CALL refresh_continuous_aggregate('{rollup}', NULL, NULL)")
+    if await edition(conn) == "timescale" and spans:
+        # Outside the transaction: a continuous aggregate refresh cannot run inside one. Only
+        # the span the runs wrote: its buckets now hold none of their rows.
+        await refresh(conn, [spans], whole=True)
     return removed

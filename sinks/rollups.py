@@ -1,22 +1,29 @@
-"""Rollup maintenance for the Apache edition, where TimescaleDB has no continuous aggregates.
+"""Keeping the rollups equal to the raw data, in both editions (`level`).
 
-Each affected (user, bucket) is recomputed from the raw rows and upserted, never incremented:
-recomputing is idempotent (a redelivered batch changes nothing), handles late events (they
-only widen the recomputed range) and yields exactly what the full edition's continuous
-aggregates define (migrations/0004_rollups.up.sql uses the same expressions). Recomputes of
-one user are serialised by a transaction-scoped advisory lock, so the later one always reads
-the other's rows: an older snapshot can never overwrite a newer result.
+Full edition: the rollups are continuous aggregates with refresh policies, but a policy only
+materialises its own window (1 day for 5 min, 3 days hourly, 7 days daily), so a late event
+older than that would never reach its buckets. `refresh` materialises the spans a batch
+touched, up to each aggregate's watermark: buckets past the watermark are computed from the
+raw rows at query time (real-time aggregation) and are already right.
+
+Apache edition, where TimescaleDB has no continuous aggregates: each affected (user, bucket) is
+recomputed from the raw rows and upserted, never incremented: recomputing is idempotent (a
+redelivered batch changes nothing), handles late events (they only widen the recomputed range)
+and yields exactly what the full edition's continuous aggregates define
+(migrations/0004_rollups.up.sql uses the same expressions). Recomputes of one user are
+serialised by a transaction-scoped advisory lock, so the later one always reads the other's
+rows: an older snapshot can never overwrite a newer result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
 from sinks.db import Conn
 
-__all__ = ["ROLLUPS", "edition", "recompute"]
+__all__ = ["ROLLUPS", "edition", "level", "recompute", "refresh"]
 
 # relation -> (bucket width, source table)
 ROLLUPS: Final[Mapping[str, tuple[timedelta, str]]] = {
@@ -158,3 +165,62 @@ async def recompute(conn: Conn, touched: Mapping[str, tuple[datetime, datetime]]
             )
             written += int(row["upserted"]) if row is not None else 0
     return written
+
+
+# The watermark of a continuous aggregate: below it, buckets are read from the materialisation.
+# Clamped into asyncpg's datetime range: an aggregate never refreshed answers the minimum
+# timestamp TimescaleDB knows (4714 BC).
+_WATERMARK: Final = """
+SELECT least(greatest(coalesce(_timescaledb_functions.to_timestamp(
+           _timescaledb_functions.cagg_watermark(mat_hypertable_id)), '-infinity'),
+           '1970-01-01'::timestamptz), '9999-01-01'::timestamptz)
+FROM _timescaledb_catalog.continuous_agg
+WHERE user_view_schema = current_schema() AND user_view_name = $1
+"""
+
+
+def _windows(
+    spans: Iterable[tuple[datetime, datetime]], width: timedelta
+) -> list[tuple[datetime, datetime]]:
+    """The spans widened to whole buckets and merged where they meet: one refresh per window,
+    instead of one per user or one over everything between the oldest and newest span."""
+    merged: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted((_align(lo, width), _align(hi, width) + width) for lo, hi in spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+async def refresh(
+    conn: Conn, spans: Iterable[tuple[datetime, datetime]], *, whole: bool = False
+) -> int:
+    """Refresh every continuous aggregate over the spans (full edition), up to its watermark
+    unless `whole` (after a bulk load: materialise everything now rather than compute it per
+    query). Must run outside a transaction, as TimescaleDB requires; returns the refreshes run."""
+    spans = list(spans)
+    calls = 0
+    for rollup, (width, _) in ROLLUPS.items():
+        limit = None if whole else await conn.fetchval(_WATERMARK, rollup)
+        for lo, hi in _windows(spans, width):
+            end = hi if limit is None else min(hi, limit)
+            if lo >= end:
+                continue
+            await conn.execute(
+                "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
+                rollup,
+                lo,
+                end,
+            )
+            calls += 1
+    return calls
+
+
+async def level(conn: Conn, touched: Mapping[str, tuple[datetime, datetime]], *, full: bool) -> int:
+    """Bring the rollups up to date with each user's touched [first, last] event time: a
+    refresh of the continuous aggregates (`full` edition) or a recompute of the rollup tables.
+    Returns refreshes run or rollup rows written."""
+    if full:
+        return await refresh(conn, touched.values())
+    return await recompute(conn, touched)

@@ -34,7 +34,7 @@ from schemas.events import EVENT_TYPES, StreamEvent, stream_event_encoder
 from schemas.settings import Settings
 from schemas.streams import events_stream
 from sinks.db import create_pool
-from sinks.rollups import recompute
+from sinks.rollups import level
 from tests.streams_helpers import make_event
 
 API_REDIS_DB = 8
@@ -152,7 +152,7 @@ class ApiEnv:
                 lo, hi = spans.get(e.user_id, (t, t))
                 spans[e.user_id] = (min(lo, t), max(hi, t))
             async with self.pool.acquire() as conn:
-                await recompute(conn, spans)
+                await level(conn, spans)
 
 
 @asynccontextmanager

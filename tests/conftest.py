@@ -1,5 +1,10 @@
 """Shared fixtures. Tests talk to the real PostgreSQL (with TimescaleDB) and Redis located by
-`TEST_DATABASE_URL` and `TEST_REDIS_URL`; nothing here mocks either."""
+`TEST_DATABASE_URL` and `TEST_REDIS_URL`; nothing here mocks either.
+
+`TEST_TIMESCALE_EDITION` (`apache`, the default, or `timescale`) is the edition every database
+the suite creates runs: `timescale` needs the full build (`analytics services up
+--timescaledb-source PATH`) on a server whose default licence is apache. The suite refuses to
+start on any other edition than the one asked for, so a run always says what it tested."""
 
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/inergize_analytics_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_TIMESCALE_EDITION = os.environ.get("TEST_TIMESCALE_EDITION", "apache")
+if TEST_TIMESCALE_EDITION not in ("apache", "timescale"):
+    raise pytest.UsageError("TEST_TIMESCALE_EDITION must be apache or timescale")
 
 
 def settings_for(database: str | None = None, **overrides: Any) -> Settings:
@@ -44,6 +52,13 @@ def settings_for(database: str | None = None, **overrides: Any) -> Settings:
         "redis_db": int(rd.path.lstrip("/") or 0),
     }
     return dataclasses.replace(base, **{**derived, **overrides})
+
+
+async def create_database(admin: asyncpg.Connection, name: str) -> None:
+    """A new database of the suite's edition (TEST_TIMESCALE_EDITION)."""
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    if TEST_TIMESCALE_EDITION == "timescale":
+        await admin.execute(f"ALTER DATABASE \"{name}\" SET timescaledb.license = 'timescale'")
 
 
 async def _admin() -> asyncpg.Connection:
@@ -74,7 +89,7 @@ async def scratch_db() -> AsyncIterator[ScratchDb]:
         name = f"ia_scratch_{uuid.uuid4().hex[:12]}"
         admin = await _admin()
         try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
+            await create_database(admin, name)
         finally:
             await admin.close()
         created.append(name)
@@ -100,12 +115,20 @@ async def migrated() -> Settings:
     admin = await _admin()
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{s.timescale_database}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{s.timescale_database}"')
+        await create_database(admin, s.timescale_database)
     finally:
         await admin.close()
     conn = await connect(s)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        running = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        if running != TEST_TIMESCALE_EDITION:
+            pytest.exit(
+                f"TEST_TIMESCALE_EDITION={TEST_TIMESCALE_EDITION} but the test database runs "
+                f"{running!r}: the full edition needs `analytics services up "
+                "--timescaledb-source PATH` (README, Tests)",
+                returncode=2,
+            )
         await runner.up(conn)
     finally:
         await conn.close()
@@ -154,3 +177,8 @@ async def gw(migrated: Settings, redis: Redis) -> AsyncIterator[TestServer]:
 
     async with gateway(ws_settings(migrated)) as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Shown with -q too: two runs of the suite in one CI log must say which edition each was.
+    terminalreporter.write_line(f"TimescaleDB edition under test: {TEST_TIMESCALE_EDITION}")

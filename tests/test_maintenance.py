@@ -27,7 +27,7 @@ from sinks.aggregations import AggregationRun, metrics_entries, publish_aggregat
 from sinks.cache_generations import generation_key
 from sinks.current_values import current_values
 from sinks.db import connect
-from sinks.rollups import recompute
+from sinks.rollups import level
 from tests.conftest import ScratchDb
 
 # The schedule's and the announcement tests' Redis db: other suites flush db 15 meanwhile.
@@ -212,7 +212,7 @@ async def test_only_changed_current_values_are_announced(scratch_db: ScratchDb) 
             until - timedelta(hours=2),
             user,
         )
-        await recompute(conn, {user: (until - timedelta(hours=2), until - timedelta(hours=2))})
+        await level(conn, {user: (until - timedelta(hours=2), until - timedelta(hours=2))})
         before = await client.get(generation_key(other))
         third = await maintenance.compute_aggregations(conn, at)
         assert set(third.updates) == {user}

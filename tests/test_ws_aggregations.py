@@ -25,7 +25,7 @@ from schemas.settings import Settings
 from schemas.streams import events_stream
 from sinks.aggregations import AggregationRun, refresh_aggregations
 from sinks.db import create_pool
-from sinks.rollups import recompute
+from sinks.rollups import level
 from tests.streams_helpers import make_event
 from tests.ws_support import new_user, token, ws_connect
 
@@ -71,7 +71,7 @@ async def _store(redis: Redis, pool: asyncpg.Pool, events: Sequence[StreamEvent]
         lo, hi = spans.get(e.user_id, (t, t))
         spans[e.user_id] = (min(lo, t), max(hi, t))
     async with pool.acquire() as conn:
-        await recompute(conn, spans)
+        await level(conn, spans)
 
 
 async def _expected(pool: asyncpg.Pool, user: str, at: datetime) -> dict[str, float | None]:

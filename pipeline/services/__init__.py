@@ -6,7 +6,9 @@ this machine are managed, and PostgreSQL only as a Debian cluster (`pg_lscluster
 
 Every step of `up` first looks whether its result is already there, so a second run changes
 nothing and takes seconds. Debian 12 has no TimescaleDB package: there `up` builds the Apache
-edition from Debian 13's source package against the local server (design doc, section 5).
+edition from Debian 13's source package against the local server (design doc, section 5);
+`up --timescaledb-source PATH` builds the full edition from an upstream source instead, and
+`--edition timescale` makes the application's database full-edition (full_edition.py).
 `down` stops the PostgreSQL cluster on TIMESCALE_PORT and the Redis on REDIS_PORT, whoever
 started them, and keeps their data.
 
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import redis
 
 from schemas.errors import ServicesError
 from schemas.settings import Settings
 
+from . import full_edition
 from ._system import Session, require_local
 from .postgres import ensure_database, ensure_postgres, find_cluster, pg_ctl, targets
 from .redis_server import client, ensure_redis, redis_version
@@ -36,8 +40,12 @@ __all__ = ["down", "status", "up"]
 log = logging.getLogger(__name__)
 
 
-def up(settings: Settings) -> None:
-    """Install what is missing, start what is stopped, create role, database and extension."""
+def up(settings: Settings, full_source: Path | None = None, edition: str | None = None) -> None:
+    """Install what is missing, start what is stopped, create role, database and extension.
+    `full_source`: build the full TimescaleDB edition from this upstream tarball or tree.
+    `edition`: the TimescaleDB edition the application's database runs."""
+    if edition is not None and edition not in full_edition.EDITIONS:
+        raise ServicesError("services up", f"edition must be one of {full_edition.EDITIONS}")
     started = time.monotonic()
     session = Session()
     print("Redis")
@@ -45,10 +53,12 @@ def up(settings: Settings) -> None:
     print("PostgreSQL")
     cluster = ensure_postgres(settings, session)
     print("TimescaleDB")
-    ensure_timescaledb(cluster, session)
+    ensure_timescaledb(cluster, session, full_source)
     print("Roles and databases")
     for target in targets(settings):
         ensure_database(cluster.port, target, session)
+    if edition is not None:
+        full_edition.set_database_edition(cluster, session, settings.timescale_database, edition)
     print()
     if not report(settings):
         raise ServicesError("services up", "a service is still not ready; see the report above")

@@ -1,5 +1,6 @@
 """TimescaleDB for the local cluster: the apt package where there is one, else (Debian 12) the
-Apache edition built from Debian 13's source package; then preloaded by the server."""
+Apache edition built from Debian 13's source package, or the full edition from an upstream
+source when one is given (full_edition.py); then preloaded by the server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from schemas.errors import ServicesError
 
+from . import full_edition
 from ._system import Session, apt_candidate, run, say
 from .postgres import Cluster, pg_ctl, psql, wait_ready
 
@@ -111,18 +113,36 @@ def _includes_conf_d(config_file: Path) -> bool:
     return pattern.search(config_file.read_text()) is not None
 
 
-def _configure(cluster: Cluster, session: Session) -> None:
+def _configure(cluster: Cluster, session: Session, apache_default: bool) -> None:
+    """Preload TimescaleDB with enough workers and locks; with `apache_default` (a full build
+    is installed) also pin the server's default licence to apache, so every database is the
+    Apache edition unless chosen otherwise (full_edition.set_database_edition)."""
     query = (
         "SELECT current_setting('shared_preload_libraries'), "
         "current_setting('max_worker_processes'), current_setting('config_file'), "
-        "current_setting('max_locks_per_transaction')"
+        "current_setting('max_locks_per_transaction'), "
+        "coalesce(current_setting('timescaledb.license', true), '')"
     )
-    preload_raw, workers, config_file, locks = psql("configure postgresql", cluster.port, query)[0]
+    preload_raw, workers, config_file, locks, license_ = psql(
+        "configure postgresql", cluster.port, query
+    )[0]
+    path = Path(config_file).parent / "conf.d" / _CONF_NAME
+    # Once written, the licence line stays: dropping it would turn every database of a
+    # full build into the full edition at the next restart.
+    apache_default = apache_default or (
+        path.is_file() and "timescaledb.license" in path.read_text()
+    )
     preload = [lib.strip() for lib in preload_raw.split(",") if lib.strip()]
-    if "timescaledb" in preload and int(workers) >= _MIN_WORKERS and int(locks) >= _MIN_LOCKS:
+    if (
+        "timescaledb" in preload
+        and int(workers) >= _MIN_WORKERS
+        and int(locks) >= _MIN_LOCKS
+        and (not apache_default or license_ == "apache")
+    ):
         say(
             f"PostgreSQL already preloads timescaledb, max_worker_processes = {workers}, "
-            f"max_locks_per_transaction = {locks}: no restart needed"
+            f"max_locks_per_transaction = {locks}, default licence {license_}: "
+            "no restart needed"
         )
         return
     if not _includes_conf_d(Path(config_file)):
@@ -130,7 +150,6 @@ def _configure(cluster: Cluster, session: Session) -> None:
             "configure postgresql",
             f"{config_file} does not include_dir 'conf.d'; add that line, then run again",
         )
-    path = Path(config_file).parent / "conf.d" / _CONF_NAME
     libraries = ",".join(["timescaledb", *(lib for lib in preload if lib != "timescaledb")])
     # telemetry_level is only a placeholder in our no-telemetry build; packaged builds obey it.
     path.write_text(
@@ -141,6 +160,12 @@ def _configure(cluster: Cluster, session: Session) -> None:
         "timescaledb.telemetry_level = off\n"
         f"max_worker_processes = {max(int(workers), _MIN_WORKERS)}\n"
         f"max_locks_per_transaction = {max(int(locks), _MIN_LOCKS)}\n"
+        + (
+            "# A full build's default is the full edition; databases choose it one by one.\n"
+            "timescaledb.license = 'apache'\n"
+            if apache_default
+            else ""
+        )
     )
     say(f"Wrote {path}; restarting PostgreSQL {cluster.version}/{cluster.name} to load it")
     pg_ctl("restart postgresql", cluster, "restart")
@@ -157,15 +182,17 @@ def _configure(cluster: Cluster, session: Session) -> None:
     )
 
 
-def ensure_timescaledb(cluster: Cluster, session: Session) -> None:
+def ensure_timescaledb(cluster: Cluster, session: Session, full_source: Path | None) -> None:
     query = "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
     available = psql("timescaledb", cluster.port, query)
     package = f"postgresql-{cluster.version}-timescaledb"
-    if available:
+    if full_source is not None:
+        full_edition.install(cluster, session, full_source)
+    elif available:
         say(f"TimescaleDB {available[0][0]} already installed for PostgreSQL {cluster.version}")
     elif apt_candidate(session, package):
         session.apt_install("install timescaledb", [package])
     else:
         say(f"apt offers no {package} (Debian 12 has none): building Debian 13's source")
         _build(cluster, session)
-    _configure(cluster, session)
+    _configure(cluster, session, apache_default=full_source is not None)

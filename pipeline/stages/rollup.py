@@ -1,10 +1,11 @@
-"""The `rollup` group (Apache edition only): keep the rollup tables equal to the raw data.
+"""The `rollup` group: keep the rollups equal to the raw data, in both editions.
 
 Reads `ia:metrics`. The processor's entries name, per user, the span of event times a stored
 batch touched (`touched`), and those buckets are recomputed from the raw rows
-(sinks/rollups.py). Entries without `touched` (the maintenance task's derived values,
-sinks/aggregations.py, or an older writer's) changed no raw rows: nothing to recompute.
-With the full edition the rollups are continuous aggregates and this group does not run.
+(Apache edition) or refreshed in the continuous aggregates up to their watermarks (full
+edition: a late event older than a refresh policy's window would otherwise never reach its
+buckets); see sinks/rollups.py. Entries without `touched` (the maintenance task's derived
+values, sinks/aggregations.py, or an older writer's) changed no raw rows: nothing to do.
 
 After a recompute the users' cached API answers are invalidated: the processor invalidated
 them when it stored the batch, but an answer computed between that and this recompute read the
@@ -24,7 +25,7 @@ import redis.asyncio as redis
 from pipeline.runner import DeadLetter, Delivery
 from pipeline.stages.store import to_datetime
 from sinks.cache_generations import invalidate
-from sinks.rollups import recompute
+from sinks.rollups import edition, level
 
 __all__ = ["ROLLUP_GROUP", "RollupStage"]
 
@@ -37,6 +38,8 @@ STAGE: Final = "rollup"
 class RollupStage:
     pool: asyncpg.Pool
     redis: redis.Redis
+    # The edition of the database; read on the first batch unless given.
+    full: bool | None = None
 
     async def __call__(self, batch: list[Delivery]) -> list[DeadLetter]:
         spans: dict[str, tuple[int, int]] = {}
@@ -55,8 +58,12 @@ class RollupStage:
                 dead.append(DeadLetter(d, f"unreadable touched spans: {e}", STAGE))
         if spans:
             async with self.pool.acquire() as conn:
-                await recompute(
-                    conn, {u: (to_datetime(lo), to_datetime(hi)) for u, (lo, hi) in spans.items()}
+                if self.full is None:
+                    self.full = await edition(conn) == "timescale"
+                await level(
+                    conn,
+                    {u: (to_datetime(lo), to_datetime(hi)) for u, (lo, hi) in spans.items()},
+                    full=self.full,
                 )
             # After the commit; a Redis error fails the batch, which is redelivered and
             # recomputed again (idempotent) rather than leave stale answers cached.
