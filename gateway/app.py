@@ -17,6 +17,7 @@ from gateway import (
     api_metrics,
     api_summary,
     api_system,
+    bodies,
     compression,
     health,
     ingest,
@@ -49,13 +50,15 @@ def create_app(settings: Settings) -> web.Application:
     check_jwt_settings(settings)  # a bad JWT_PUBLIC_KEY stops the process at start
     # Outermost first: the request id is bound before anything logs, metrics see the status
     # the error middleware rendered, large answers and errors alike are compressed, and 429s
-    # and preflights render as every other error.
+    # and preflights render as every other error; a coded body where none is inflated is
+    # refused before it spends a rate-limit budget.
     middlewares = [
         requestid.middleware,
         metrics.middleware,
         compression.middleware,
         error_middleware,
         security.preflight_middleware,
+        bodies.middleware,
         ratelimit.middleware,
     ]
     app = web.Application(client_max_size=settings.ingest_max_bytes, middlewares=middlewares)

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from gateway.appender import AppendStatus
 from gateway.auth import Principal, authenticate
+from gateway.bodies import read_body
 from gateway.errors import ApiError, error_body
 from gateway.keys import APPENDER, DB_POOL, SETTINGS
 from gateway.metrics import INGEST_EVENTS
@@ -108,16 +109,6 @@ def _require_media_type(request: web.Request, allowed: Sequence[str]) -> str:
             f"expected Content-Type {' or '.join(allowed)} (UTF-8), got {media}",
         )
     return media
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    too_large = ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", "$")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    body = await request.read()  # a chunked body past client_max_size raises aiohttp's own 413
-    if len(body) > limit:
-        raise too_large
-    return body
 
 
 def _wait_timeout(request: web.Request) -> float | None:
@@ -310,7 +301,7 @@ async def ingest_event(request: web.Request) -> web.Response:
     _require_media_type(request, (_JSON,))
     # Refused before the body is read: under overload a 429 must cost as little as possible.
     await _check_backlog(request)
-    body = await _read_body(request, settings.ingest_max_bytes)
+    body = await read_body(request, settings.ingest_max_bytes)
     received_us = time.time_ns() // 1000
     try:
         try:
@@ -372,7 +363,7 @@ async def ingest_events(request: web.Request) -> web.Response:
     timeout = _wait_timeout(request)
     media = _require_media_type(request, (_JSON, _NDJSON))
     await _check_backlog(request)
-    body = await _read_body(request, settings.ingest_max_bytes)
+    body = await read_body(request, settings.ingest_max_bytes)
     received_us = time.time_ns() // 1000
     items = _split_batch(body, media, settings.ingest_max_batch)
 

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 
 from gateway import ratelimit
 from gateway.auth import LEEWAY_S, verify_token
+from gateway.bodies import SERVER_OPTIONS
 from gateway.errors import ApiError, http_error
 from gateway.fanout import CLOSE_TIMEOUT_S, READ_SOCKET_TIMEOUT_S, Fanout
 from gateway.keys import DB_POOL, FANOUT, REDIS, SETTINGS
@@ -76,7 +77,10 @@ def create_ws_app(main: web.Application) -> web.Application:
 async def start_ws_site(main: web.Application, *, shutdown_timeout: float) -> web.AppRunner:
     """Listen on HTTP_HOST:WS_PORT; the caller cleans the runner up before `main`'s."""
     settings = main[SETTINGS]
-    runner = web.AppRunner(create_ws_app(main), shutdown_timeout=shutdown_timeout, access_log=None)
+    # SERVER_OPTIONS: nothing here reads a body, and aiohttp would otherwise inflate a gzip one.
+    runner = web.AppRunner(
+        create_ws_app(main), shutdown_timeout=shutdown_timeout, access_log=None, **SERVER_OPTIONS
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.ws_port, reuse_address=True)
     await site.start()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.bodies import SERVER_OPTIONS
 from gateway.perf import PERF_IN_WORKER, gateway_totals
 from gateway.ws import start_ws_site
 from pipeline.worker import ALL_GROUPS, run_worker
@@ -38,7 +39,9 @@ async def serve(
         app = create_app(settings)
         # One process, one performance series: the worker samples both sides (kind `all`).
         app[PERF_IN_WORKER] = worker
-        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None)
+        runner = web.AppRunner(
+            app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None, **SERVER_OPTIONS
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
         await site.start()

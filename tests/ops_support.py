@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Role, mint_token
+from gateway.bodies import SERVER_OPTIONS
 from schemas.settings import Settings
 from tests.conftest import settings_for
 
@@ -67,7 +68,11 @@ async def gateways() -> AsyncIterator[MakeClient]:
     clients: list[Client] = []
 
     async def make(settings: Settings | None = None, **overrides: Any) -> Client:
-        client: Client = TestClient(TestServer(create_app(ops_settings(settings, **overrides))))
+        server = TestServer(create_app(ops_settings(settings, **overrides)))
+        # Run as the production runner is: aiohttp's own inflating off (gateway/bodies.py).
+        # TestServer ignores runner options given to its constructor; start_server takes them.
+        await server.start_server(**SERVER_OPTIONS)
+        client: Client = TestClient(server)
         await client.start_server()
         clients.append(client)
         return client
