@@ -32,17 +32,19 @@ __all__ = [
 ]
 
 # name (schemas/aggregations.py) -> SQL computing (user_id, value, samples) for the users with
-# data in the series' window, as of $1.
+# data in the series' window, as of $1. A bucket counts when it starts in [$1 - N days, $1): on
+# the hour (the seeder's backfill) that is exactly the N days before $1, never the hour after
+# it; within an hour (the schedule) it is the bucket holding $1 and those of the N days before.
 _SQL: Final[dict[str, str]] = {
     "engagement_rate_7d": """
         SELECT user_id, (sum(likes) + sum(comments) + sum(shares))::float8
                         / NULLIF(sum(impressions), 0), count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '7 days' AND bucket <= $1
+        FROM engagement_hourly WHERE bucket >= $1 - interval '7 days' AND bucket < $1
         GROUP BY user_id""",
     "engagement_rate_30d": """
         SELECT user_id, (sum(likes) + sum(comments) + sum(shares))::float8
                         / NULLIF(sum(impressions), 0), count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '30 days' AND bucket <= $1
+        FROM engagement_hourly WHERE bucket >= $1 - interval '30 days' AND bucket < $1
         GROUP BY user_id""",
     "connection_growth_rate_30d": """
         SELECT user_id,
@@ -50,19 +52,19 @@ _SQL: Final[dict[str, str]] = {
                / NULLIF((array_agg(connections ORDER BY bucket)
                          FILTER (WHERE connections IS NOT NULL))[1], 0),
                count(*)::int
-        FROM profile_metrics_daily WHERE bucket > $1 - interval '30 days' AND bucket <= $1
+        FROM profile_metrics_daily WHERE bucket >= $1 - interval '30 days' AND bucket < $1
         GROUP BY user_id""",
     "profile_views_wow": """
         SELECT user_id,
-               (sum(profile_views) FILTER (WHERE bucket > $1 - interval '7 days')
-                - sum(profile_views) FILTER (WHERE bucket <= $1 - interval '7 days'))::float8
-               / NULLIF(sum(profile_views) FILTER (WHERE bucket <= $1 - interval '7 days'), 0),
+               (sum(profile_views) FILTER (WHERE bucket >= $1 - interval '7 days')
+                - sum(profile_views) FILTER (WHERE bucket < $1 - interval '7 days'))::float8
+               / NULLIF(sum(profile_views) FILTER (WHERE bucket < $1 - interval '7 days'), 0),
                count(*)::int
-        FROM profile_metrics_hourly WHERE bucket > $1 - interval '14 days' AND bucket <= $1
+        FROM profile_metrics_hourly WHERE bucket >= $1 - interval '14 days' AND bucket < $1
         GROUP BY user_id""",
     "posting_cadence_30d": """
         SELECT user_id, sum(posts_published)::float8 / 30 * 7, count(*)::int
-        FROM engagement_hourly WHERE bucket > $1 - interval '30 days' AND bucket <= $1
+        FROM engagement_hourly WHERE bucket >= $1 - interval '30 days' AND bucket < $1
         GROUP BY user_id""",
 }
 

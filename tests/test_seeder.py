@@ -81,8 +81,7 @@ async def test_seed_loads_personas_with_consistent_rollups_and_is_repeatable(
         assert len(cadence) >= 25 and cadence[-1]["time"] == UNTIL
         posts = await conn.fetchval(
             "SELECT sum(posts_published) FROM engagement_metrics WHERE user_id = $1 "
-            "AND time >= $2::timestamptz - interval '719 hours' "
-            "AND time < $2::timestamptz + interval '1 hour'",
+            "AND time >= $2::timestamptz - interval '30 days' AND time < $2",
             founder,
             UNTIL,
         )
