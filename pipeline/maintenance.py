@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -48,19 +49,28 @@ DAILY_RETENTION_DAYS: Final = 730
 LOCK_KEY: Final = "ia:lock:maintenance"
 
 
-async def _retention(conn: Conn, retention_days: int) -> dict[str, int]:
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _retention(conn: Conn, retention_days: int, now: datetime) -> dict[str, int]:
+    """Drop the chunks that end before `now` minus the retention (the caller's clock, not the
+    server's `now()`, so a run's cutoffs and its aggregations share one instant)."""
     dropped: dict[str, int] = {}
     for table in (*RAW_TABLES, *(r for r in ROLLUPS if r != "profile_metrics_daily")):
         rows = await conn.fetch(
-            "SELECT drop_chunks($1::regclass, older_than => now() - make_interval(days => $2))",
+            "SELECT drop_chunks($1::regclass, "
+            "older_than => $3::timestamptz - make_interval(days => $2))",
             table,
             retention_days,
+            now,
         )
         dropped[table] = len(rows)
     rows = await conn.fetch(
         "SELECT drop_chunks('profile_metrics_daily', "
-        "older_than => now() - make_interval(days => $1))",
+        "older_than => $2::timestamptz - make_interval(days => $1))",
         DAILY_RETENTION_DAYS,
+        now,
     )
     dropped["profile_metrics_daily"] = len(rows)
     return dropped
@@ -99,14 +109,21 @@ async def report(conn: Conn) -> dict[str, Any]:
     }
 
 
-async def run(conn: Conn, settings: Settings, client: redis.Redis | None = None) -> dict[str, Any]:
+async def run(
+    conn: Conn,
+    settings: Settings,
+    client: redis.Redis | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Retention, aggregations (announced through `client`; without one, e.g. from the CLI,
-    through a short-lived client of REDIS_*), and the report."""
+    through a short-lived client of REDIS_*), goals, and the report, all as of `now` (default:
+    the wall clock; tests pass an instant)."""
     started = time.perf_counter()
+    at = now or _utc_now()
     ed = await edition(conn)
-    dropped = await _retention(conn, settings.retention_days) if ed != "timescale" else {}
-    aggregations = await compute_aggregations(conn)
-    goals = await settle_goals(conn, datetime.now(UTC))
+    dropped = await _retention(conn, settings.retention_days, at) if ed != "timescale" else {}
+    aggregations = await compute_aggregations(conn, at)
+    goals = await settle_goals(conn, at)
     entries = await _announce(settings, client, aggregations, goals.users)
     out = {
         "dropped_chunks": dropped,
@@ -151,15 +168,21 @@ async def _announce(
             await c.aclose()
 
 
-async def run_scheduled(settings: Settings, client: redis.Redis, stop: asyncio.Event) -> None:
-    """Every MAINTENANCE_INTERVAL, run maintenance if no other replica holds the lock."""
+async def run_scheduled(
+    settings: Settings,
+    client: redis.Redis,
+    stop: asyncio.Event,
+    clock: Callable[[], datetime] = _utc_now,
+) -> None:
+    """Every MAINTENANCE_INTERVAL, run maintenance as of `clock()` if no other replica holds
+    the lock."""
     interval = settings.maintenance_interval
     while not stop.is_set():
         try:
             if await client.set(LOCK_KEY, b"1", nx=True, px=int(interval * 900)):
                 conn = await connect(settings)
                 try:
-                    await run(conn, settings, client)
+                    await run(conn, settings, client, clock())
                 finally:
                     await conn.close()
         except Exception:
