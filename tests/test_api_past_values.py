@@ -1,5 +1,9 @@
 """The summary's past values (sinks/past_values.py) read rollups for whole hours and days; they
-must equal the plain definitions over raw rows at any moment, on and off bucket boundaries."""
+must equal the plain definitions over raw rows at any moment, on and off bucket boundaries.
+
+Every test runs as of pinned instants (`now`), never the wall clock: the events are stored
+around them and the functions take the instant, so the boundaries a moment meets do not depend
+on when the suite runs."""
 
 from __future__ import annotations
 
@@ -15,8 +19,30 @@ from schemas.settings import Settings
 from sinks.current_values import current_values
 from sinks.db import Conn
 from sinks.past_values import live_values, values_at
-from tests.api_support import DAY_US, ApiEnv, api_env, new_user, now_us, random_events
+from tests.api_support import DAY_US, ApiEnv, api_env, new_user, random_events
 from tests.streams_helpers import make_event
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _us(t: datetime) -> int:
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+# "Now" for these tests: midnight starting a month (and a Sunday), a minute before midnight
+# ending February, a Monday 00:00, noon on 2026-12-02.
+INSTANTS = [
+    _utc("2026-03-01T00:00"),
+    _utc("2026-02-28T23:59"),
+    _utc("2026-11-30T00:00"),
+    _utc("2026-12-02T12:00"),
+]
+# The tests storing thousands of events (about a second per instant) run at three of them.
+FEW_INSTANTS = INSTANTS[:3]
 
 # The definitions of schemas/metrics.py at $2 over raw rows up to $3, written the obvious way.
 RAW = """
@@ -71,9 +97,10 @@ async def expected(
     return out
 
 
-async def test_past_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", FEW_INSTANTS, ids=str)
+async def test_past_values_equal_the_definitions_over_raw_rows(env: ApiEnv, now: datetime) -> None:
     rng = random.Random(21)
-    start = now_us() - 16 * DAY_US
+    start = _us(now) - 16 * DAY_US
     busy, quiet, no_snapshots = new_user("busy"), new_user("quiet"), new_user("nosnap")
     events = random_events(busy, rng, 1500, start, 16 * DAY_US - 10**6)
     # Snapshots only in the first days: later moments must find them days back, via the
@@ -89,7 +116,6 @@ async def test_past_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -> N
         if e.type not in ("profile_snapshot", "profile_update")
     ]
     await env.store(events)
-    now = datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)
     moments = [
         now - timedelta(days=7),
@@ -107,9 +133,10 @@ async def test_past_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -> N
         assert (await values_at(conn, no_snapshots, now))["followers"] is None
 
 
-async def test_a_snapshot_exactly_at_the_moment_counts(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", INSTANTS, ids=str)
+async def test_a_snapshot_exactly_at_the_moment_counts(env: ApiEnv, now: datetime) -> None:
     user = new_user()
-    t = now_us() - 3 * DAY_US
+    t = _us(now) - 3 * DAY_US
     await env.store(
         [
             make_event(user, "connection_added", value=5, time_us=t - 10**6),
@@ -124,11 +151,12 @@ async def test_a_snapshot_exactly_at_the_moment_counts(env: ApiEnv) -> None:
         assert later["connections"] == 102
 
 
-async def test_live_values_equal_current_values(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", FEW_INSTANTS, ids=str)
+async def test_live_values_equal_current_values(env: ApiEnv, now: datetime) -> None:
     """live_values (the API's) and current_values (the WebSocket's) agree for every kind of
     history: two implementations of one set of definitions that must not drift apart."""
     rng = random.Random(8)
-    start = now_us() - 20 * DAY_US
+    start = _us(now) - 20 * DAY_US
     span = 20 * DAY_US - 10**6
     busy, old, none, ahead = (new_user(p) for p in ("busy", "old", "none", "ahead"))
     events = random_events(busy, rng, 800, start, span)
@@ -145,13 +173,12 @@ async def test_live_values_equal_current_values(env: ApiEnv) -> None:
     ]
     events += random_events(ahead, rng, 200, start, span)
     # Stamped two minutes ahead (a producer's clock may run fast): live figures count it.
-    t = now_us() + 120 * 10**6
+    t = _us(now) + 120 * 10**6
     events += [
         make_event(ahead, "profile_snapshot", time_us=t, properties={"connections": 7777}),
         make_event(ahead, "profile_view", value=9, time_us=t + 1),
     ]
     await env.store(events)
-    now = datetime.now(UTC)
     async with env.pool.acquire() as conn:
         live = await current_values(conn, [busy, old, none, ahead], now)
         for user in (busy, old, none, ahead):
@@ -160,11 +187,14 @@ async def test_live_values_equal_current_values(env: ApiEnv) -> None:
     assert live[none]["followers"] is None and live[none]["connections"] != 0
 
 
-async def test_current_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", FEW_INSTANTS, ids=str)
+async def test_current_values_equal_the_definitions_over_raw_rows(
+    env: ApiEnv, now: datetime
+) -> None:
     """current_values reads raw rows of the last RECENT_DAYS and the daily rollup before
     them; for every kind of history it must give the definitions over all raw rows."""
     rng = random.Random(5)
-    start = now_us() - 40 * DAY_US
+    start = _us(now) - 40 * DAY_US
     span = 40 * DAY_US - 10**6
     busy, old, none, partial, quiet = (
         new_user(p) for p in ("busy", "old", "none", "partial", "quiet")
@@ -186,15 +216,14 @@ async def test_current_values_equal_the_definitions_over_raw_rows(env: ApiEnv) -
         make_event(partial, "profile_snapshot", time_us=start + DAY_US,
                    properties={"connections": 40, "followers": 12, "profile_completeness": 70}),
         make_event(partial, "connection_added", value=3, time_us=start + 2 * DAY_US),
-        make_event(partial, "profile_snapshot", time_us=now_us() - DAY_US,
+        make_event(partial, "profile_snapshot", time_us=_us(now) - DAY_US,
                    properties={"connections": 55}),
-        make_event(partial, "connection_added", value=2, time_us=now_us() - DAY_US + 10**6),
+        make_event(partial, "connection_added", value=2, time_us=_us(now) - DAY_US + 10**6),
     ]  # fmt: skip
     # Nothing at all in the last RECENT_DAYS.
     events += random_events(quiet, rng, 300, start, 20 * DAY_US)
     await env.store(events)
     users = [busy, old, none, partial, quiet, new_user("never")]
-    now = datetime.now(UTC)
     async with env.pool.acquire() as conn:
         got = await current_values(conn, users, now)
         for user in users:
