@@ -1,7 +1,8 @@
 """Data lifecycle and derived series: `analytics maintenance run`, and on a schedule in workers.
 
-- Retention: with the Apache edition, `drop_chunks` on raw tables and rollups older than
-  RETENTION_DAYS (daily rollups: 730 days); with the full edition the migration's policies do it.
+- Retention: raw tables and rollups keep RETENTION_DAYS (daily rollups: 730 days). With the
+  Apache edition by `drop_chunks` here; with the full edition by retention policies whose
+  windows are set here from RETENTION_DAYS (sinks/retention.py).
 - Derived aggregations: per-user series in `metric_aggregations` that the rollups do not give
   directly (schemas/aggregations.py names them), recomputed as of now and upserted (so a rerun
   or a backfill just replaces them). Current values that changed are announced on `ia:metrics`
@@ -29,6 +30,7 @@ from sinks.aggregations import AggregationRun, compute_aggregations, publish_agg
 from sinks.cache_generations import invalidate
 from sinks.db import Conn, connect
 from sinks.goal_status import settle_goals
+from sinks.retention import align_policies, retention_days
 from sinks.rollups import ROLLUPS, edition
 
 # compute_aggregations is re-exported: backfills and benchmarks call it from here.
@@ -36,15 +38,6 @@ __all__ = ["compute_aggregations", "report", "run", "run_scheduled"]
 
 log = logging.getLogger(__name__)
 
-RAW_TABLES: Final = (
-    "profile_metrics",
-    "engagement_metrics",
-    "real_time_events",
-    "metric_aggregations",
-    "alert_history",
-    "performance_metrics",
-)
-DAILY_RETENTION_DAYS: Final = 730
 # Held while one replica runs maintenance; expires on its own if that replica dies.
 LOCK_KEY: Final = "ia:lock:maintenance"
 
@@ -53,26 +46,19 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _retention(conn: Conn, retention_days: int, now: datetime) -> dict[str, int]:
+async def _retention(conn: Conn, keep_days: int, now: datetime) -> dict[str, int]:
     """Drop the chunks that end before `now` minus the retention (the caller's clock, not the
     server's `now()`, so a run's cutoffs and its aggregations share one instant)."""
     dropped: dict[str, int] = {}
-    for table in (*RAW_TABLES, *(r for r in ROLLUPS if r != "profile_metrics_daily")):
+    for table, days in retention_days(keep_days).items():
         rows = await conn.fetch(
             "SELECT drop_chunks($1::regclass, "
             "older_than => $3::timestamptz - make_interval(days => $2))",
             table,
-            retention_days,
+            days,
             now,
         )
         dropped[table] = len(rows)
-    rows = await conn.fetch(
-        "SELECT drop_chunks('profile_metrics_daily', "
-        "older_than => $2::timestamptz - make_interval(days => $1))",
-        DAILY_RETENTION_DAYS,
-        now,
-    )
-    dropped["profile_metrics_daily"] = len(rows)
     return dropped
 
 
@@ -103,7 +89,7 @@ async def report(conn: Conn) -> dict[str, Any]:
     return {
         "edition": ed,
         "compression": "policy: after 7 days" if ed == "timescale" else "unavailable (apache)",
-        "retention": "policy: 90 days" if ed == "timescale" else "maintenance task: drop_chunks",
+        "retention": "policies" if ed == "timescale" else "maintenance task: drop_chunks",
         "chunks": chunks,
         "rollup_freshness": freshness,
     }
@@ -122,11 +108,13 @@ async def run(
     at = now or _utc_now()
     ed = await edition(conn)
     dropped = await _retention(conn, settings.retention_days, at) if ed != "timescale" else {}
+    policies = await align_policies(conn, settings.retention_days) if ed == "timescale" else {}
     aggregations = await compute_aggregations(conn, at)
     goals = await settle_goals(conn, at)
     entries = await _announce(settings, client, aggregations, goals.users)
     out = {
         "dropped_chunks": dropped,
+        "retention_policies_changed": policies,
         "aggregations": aggregations.written,
         "announced": {"entries": entries, "users": len(aggregations.updates)},
         "goals": {"achieved": goals.achieved, "missed": goals.missed},

@@ -254,11 +254,11 @@ def generate_user(index: int, user: str, seed: int, days: int, until: datetime) 
 
 
 async def _level_rollups(conn: Conn, ids: list[str], start: datetime, end: datetime) -> None:
-    """Make the rollups equal to the rows just written: materialise the whole span in the
-    continuous aggregates (full edition; past a policy's window they would otherwise never hold
-    it) or recompute our rollup tables (Apache)."""
+    """Make the rollups equal to the rows just written: materialise the span in the continuous
+    aggregates (full edition; past a policy's window they would otherwise never hold it) or
+    recompute our rollup tables (Apache)."""
     if await edition(conn) == "timescale":
-        await refresh(conn, [(start, end)], whole=True)
+        await refresh(conn, [(start, end)])
     else:
         for i in range(0, len(ids), _LEVEL_USERS):
             lo = start
@@ -390,5 +390,5 @@ async def clear(conn: Conn) -> dict[str, int]:
     if await edition(conn) == "timescale" and spans:
         # Outside the transaction: a continuous aggregate refresh cannot run inside one. Only
         # the span the runs wrote: its buckets now hold none of their rows.
-        await refresh(conn, [spans], whole=True)
+        await refresh(conn, [spans])
     return removed

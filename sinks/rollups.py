@@ -2,9 +2,9 @@
 
 Full edition: the rollups are continuous aggregates with refresh policies, but a policy only
 materialises its own window (1 day for 5 min, 3 days hourly, 7 days daily), so a late event
-older than that would never reach its buckets. `refresh` materialises the spans a batch
-touched, up to each aggregate's watermark: buckets past the watermark are computed from the
-raw rows at query time (real-time aggregation) and are already right.
+older than that would never reach its buckets: they are read from the materialisation, below
+the aggregate's watermark. `refresh` materialises the ended buckets a batch touched; buckets
+still filling stay above the watermark, computed from the raw rows at query time.
 
 Apache edition, where TimescaleDB has no continuous aggregates: each affected (user, bucket) is
 recomputed from the raw rows and upserted, never incremented: recomputing is idempotent (a
@@ -23,7 +23,7 @@ from typing import Final
 
 from sinks.db import Conn
 
-__all__ = ["ROLLUPS", "edition", "level", "recompute", "refresh"]
+__all__ = ["ROLLUPS", "edition", "level", "recompute", "refresh", "watermark"]
 
 # relation -> (bucket width, source table)
 ROLLUPS: Final[Mapping[str, tuple[timedelta, str]]] = {
@@ -179,6 +179,12 @@ WHERE user_view_schema = current_schema() AND user_view_name = $1
 """
 
 
+async def watermark(conn: Conn, rollup: str) -> datetime | None:
+    """Where a continuous aggregate's materialisation ends (None: not one, Apache edition)."""
+    value: datetime | None = await conn.fetchval(_WATERMARK, rollup)
+    return value
+
+
 def _windows(
     spans: Iterable[tuple[datetime, datetime]], width: timedelta
 ) -> list[tuple[datetime, datetime]]:
@@ -194,17 +200,22 @@ def _windows(
 
 
 async def refresh(
-    conn: Conn, spans: Iterable[tuple[datetime, datetime]], *, whole: bool = False
+    conn: Conn, spans: Iterable[tuple[datetime, datetime]], now: datetime | None = None
 ) -> int:
-    """Refresh every continuous aggregate over the spans (full edition), up to its watermark
-    unless `whole` (after a bulk load: materialise everything now rather than compute it per
-    query). Must run outside a transaction, as TimescaleDB requires; returns the refreshes run."""
+    """Refresh every continuous aggregate over the spans (full edition), whole buckets only
+    and none that has not ended by `now` (default: the server's clock): a bucket still filling
+    stays computed from the raw rows at query time, and materialising it would freeze it below
+    the watermark. Must run outside a transaction, as TimescaleDB requires; returns the
+    refreshes run."""
     spans = list(spans)
+    if not spans:
+        return 0
+    at = now or await conn.fetchval("SELECT now()")
     calls = 0
     for rollup, (width, _) in ROLLUPS.items():
-        limit = None if whole else await conn.fetchval(_WATERMARK, rollup)
+        ended = _align(at, width)
         for lo, hi in _windows(spans, width):
-            end = hi if limit is None else min(hi, limit)
+            end = min(hi, ended)
             if lo >= end:
                 continue
             await conn.execute(
@@ -217,10 +228,14 @@ async def refresh(
     return calls
 
 
-async def level(conn: Conn, touched: Mapping[str, tuple[datetime, datetime]], *, full: bool) -> int:
-    """Bring the rollups up to date with each user's touched [first, last] event time: a
-    refresh of the continuous aggregates (`full` edition) or a recompute of the rollup tables.
-    Returns refreshes run or rollup rows written."""
+async def level(
+    conn: Conn, touched: Mapping[str, tuple[datetime, datetime]], *, full: bool | None = None
+) -> int:
+    """Bring the rollups level with each user's touched [first, last] event time: a refresh
+    of the continuous aggregates (`full` edition; read from the server when not given) or a
+    recompute of the rollup tables. Returns refreshes run or rollup rows written."""
+    if full is None:
+        full = await edition(conn) == "timescale"
     if full:
         return await refresh(conn, touched.values())
     return await recompute(conn, touched)

@@ -1,11 +1,11 @@
 """The `rollup` group: keep the rollups equal to the raw data, in both editions.
 
 Reads `ia:metrics`. The processor's entries name, per user, the span of event times a stored
-batch touched (`touched`), and those buckets are recomputed from the raw rows
-(Apache edition) or refreshed in the continuous aggregates up to their watermarks (full
-edition: a late event older than a refresh policy's window would otherwise never reach its
-buckets); see sinks/rollups.py. Entries without `touched` (the maintenance task's derived
-values, sinks/aggregations.py, or an older writer's) changed no raw rows: nothing to do.
+batch touched (`touched`), and those buckets are recomputed from the raw rows (Apache edition)
+or refreshed in the continuous aggregates (full edition: a late event older than a refresh
+policy's window would otherwise never reach its buckets); see sinks/rollups.py. Entries
+without `touched` (the maintenance task's derived values, sinks/aggregations.py, or an older
+writer's) changed no raw rows: nothing to do.
 
 After a recompute the users' cached API answers are invalidated: the processor invalidated
 them when it stored the batch, but an answer computed between that and this recompute read the
