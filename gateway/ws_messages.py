@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from gateway.auth import Principal
 from gateway.fanout import Fanout
 from gateway.ws_frames import error_frame, id_key, notice_frame, text_frame
+from gateway.ws_input import MAX_NESTING, is_utf8, nests_too_deep
 from gateway.ws_metrics import RESUMES
 from gateway.ws_replay import ResyncNeeded, replay
 from gateway.ws_session import Session
@@ -76,9 +77,7 @@ async def receive(session: Session, fanout: Fanout, settings: Settings, msg: WSM
     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
         return  # PONG: proof of life, recorded above
     raw: bytes = msg.data
-    if len(raw) > settings.ws_max_frame_bytes:
-        limit = settings.ws_max_frame_bytes
-        await _strike(session, "frame_too_large", f"messages are limited to {limit} bytes", 1009)
+    if not await _screen(session, settings, msg.type, raw):
         return
     try:
         message = client_decoder.decode(raw)
@@ -97,6 +96,26 @@ async def receive(session: Session, fanout: Fanout, settings: Settings, msg: WSM
     except Exception:  # a bug must cost one answer, never the connection or the process
         log.exception("websocket message failed", extra={"user": session.principal.subject})
         session.send(error_frame("internal_error", "the message could not be processed"))
+
+
+async def _screen(session: Session, settings: Settings, kind: WSMsgType, raw: bytes) -> bool:
+    """False, after an error frame or a close, for a frame the decoder must not see: too
+    large, not UTF-8, or nested too deep (see gateway/ws_input.py)."""
+    if len(raw) > settings.ws_max_frame_bytes:
+        limit = settings.ws_max_frame_bytes
+        await _strike(session, "frame_too_large", f"messages are limited to {limit} bytes", 1009)
+        return False
+    if not is_utf8(raw):
+        if kind is WSMsgType.TEXT:  # RFC 6455 section 8.1: fail the connection
+            await session.close(1007, "text message is not valid UTF-8")
+        else:
+            await _strike(session, "invalid_utf8", "messages must be UTF-8 JSON", 1007)
+        return False
+    if nests_too_deep(raw):
+        text = f"messages may nest objects and arrays at most {MAX_NESTING} levels deep"
+        await _strike(session, "too_deeply_nested", text, 1008)
+        return False
+    return True
 
 
 def _envelope_type(raw: bytes) -> str:
