@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from gateway.api import API, connection, json_response, reader
 from gateway.errors import ApiError
-from gateway.keys import REDIS
+from gateway.keys import CLOCK, REDIS
 from schemas.events import split_error
 from schemas.metrics import CATALOGUE
 from sinks import goals as store
@@ -162,7 +162,7 @@ async def create(request: web.Request) -> web.Response:
     goal_in = _decode(_goal_in, await _body(request))
     if goal_in.metric not in CATALOGUE:
         raise ApiError(422, "invalid_goal", "metric is not in the catalogue", "$.metric")
-    now = datetime.now(UTC)
+    now = request.app[CLOCK]()
     deadline = _check_deadline(goal_in.deadline, now)
     async with connection(request) as conn:
         if await store.count_goals(conn, user) >= MAX_GOALS_PER_USER:
@@ -177,6 +177,7 @@ async def create(request: web.Request) -> web.Response:
             target_value=goal_in.target_value,
             baseline_value=baseline,
             deadline=deadline,
+            now=now,
         )
     await _invalidate(request, user)
     location = f"{API}/goals/{goal['id']}"
@@ -194,7 +195,7 @@ async def list_goals(request: web.Request) -> web.Response:
             "status must be one of active, achieved, missed, cancelled",
             "status",
         )
-    now = datetime.now(UTC)
+    now = request.app[CLOCK]()
     async with connection(request) as conn:
         goals = await store.list_goals(conn, user, status)
         values = await _current(conn, user, now) if goals else {}
@@ -207,7 +208,7 @@ async def list_goals(request: web.Request) -> web.Response:
 async def get_goal(request: web.Request) -> web.Response:
     _, user = reader(request)
     goal_id = _goal_id(request)
-    now = datetime.now(UTC)
+    now = request.app[CLOCK]()
     async with connection(request) as conn:
         goal = await store.get_goal(conn, user, goal_id)
         if goal is None:
@@ -221,7 +222,7 @@ async def update_goal(request: web.Request) -> web.Response:
     _, user = reader(request)
     goal_id = _goal_id(request)
     patch = _decode(_goal_patch, await _body(request))
-    now = datetime.now(UTC)
+    now = request.app[CLOCK]()
     target = None if isinstance(patch.target_value, msgspec.UnsetType) else patch.target_value
     deadline = None
     if not isinstance(patch.deadline, msgspec.UnsetType):
@@ -231,7 +232,7 @@ async def update_goal(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_goal", "nothing to change", "$")
     async with connection(request) as conn:
         goal = await store.update_goal(
-            conn, user, goal_id, target_value=target, deadline=deadline, status=status
+            conn, user, goal_id, target_value=target, deadline=deadline, status=status, now=now
         )
         if goal is None:
             raise ApiError(404, "not_found", "no such goal")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -40,6 +40,7 @@ from gateway.api import (
     reader,
 )
 from gateway.errors import ApiError
+from gateway.keys import CLOCK
 from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
 from sinks.queries import (
@@ -139,7 +140,7 @@ def _range(
 
 
 def series_range(request: web.Request, widths: Mapping[str, timedelta]) -> SeriesRange:
-    now = datetime.now(UTC)
+    now = request.app[CLOCK]()
     since, to, bucket = _range(request, widths, now)
     width = widths[bucket]
     return SeriesRange(
@@ -247,7 +248,7 @@ async def aggregations(request: web.Request) -> web.Response:
         )
     names = [name] if name is not None else list(AGGREGATIONS)
     hour = timedelta(hours=1)
-    to = parse_time(request, "to") or datetime.now(UTC)
+    to = parse_time(request, "to") or request.app[CLOCK]()
     since = parse_time(request, "from") or to - _DEFAULT_SPAN
     if since >= to:
         raise ApiError(400, "invalid_parameter", "from must be before to", "from")

@@ -13,13 +13,14 @@ stored nothing since, never older than that user's last stored batch.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 from aiohttp import web
 
 from gateway.api import API, align_down, align_up, cached, connection, reader
 from gateway.api_goals import goal_json
+from gateway.keys import CLOCK
 from schemas.metrics import CATALOGUE, CURRENT_WINDOW_DAYS
 from sinks.goals import list_goals
 from sinks.past_values import live_values, values_at
@@ -52,7 +53,7 @@ async def summary(request: web.Request) -> web.Response:
     _, user = reader(request)
 
     async def compute() -> dict[str, Any]:
-        now = datetime.now(UTC)
+        now = request.app[CLOCK]()
         start = align_down(now - timedelta(days=_TREND_DAYS), _DAY)
         raw_from = align_down(now - ROLLUP_MARGIN, _DAY)
         async with connection(request) as conn:

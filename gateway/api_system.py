@@ -16,7 +16,7 @@ Not cached: operators ask rarely, and want the newest sample.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, cast, get_args
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.api import API, align_down, align_up, connection, json_response, parse_time
 from gateway.auth import require_role
 from gateway.errors import ApiError
+from gateway.keys import CLOCK
 from sinks.performance import ProcessKind, bucketed
 
 __all__ = ["BUCKETS", "DEFAULT_SPAN", "KINDS", "MAX_POINTS", "MAX_SPAN", "routes"]
@@ -77,7 +78,7 @@ def _parameters(request: web.Request) -> tuple[str, datetime, datetime, ProcessK
     if kind is not None and kind not in KINDS:
         raise ApiError(400, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", "kind")
     max_span = MAX_SPAN[bucket]
-    to = parse_time(request, "to") or datetime.now(UTC)
+    to = parse_time(request, "to") or request.app[CLOCK]()
     since = parse_time(request, "from")
     width = BUCKETS[bucket]
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
@@ -33,7 +34,7 @@ from gateway import (
 from gateway.appender import Appender, HiredisPackingConnection
 from gateway.auth import check_jwt_settings
 from gateway.errors import error_middleware
-from gateway.keys import APPENDER, DB_POOL, REDIS, SETTINGS
+from gateway.keys import APPENDER, CLOCK, DB_POOL, REDIS, SETTINGS, Clock
 from schemas.settings import Settings
 from sinks import db
 
@@ -46,7 +47,12 @@ _REDIS_MAX_CONNECTIONS = 32
 _REDIS_SOCKET_TIMEOUT_S = 10.0
 
 
-def create_app(settings: Settings) -> web.Application:
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings, *, clock: Clock = _wall_clock) -> web.Application:
+    """The gateway; `clock` gives the routes' "now" (tests pin it)."""
     check_jwt_settings(settings)  # a bad JWT_PUBLIC_KEY stops the process at start
     # Outermost first: the request id is bound before anything logs, metrics see the status
     # the error middleware rendered, large answers and errors alike are compressed, and 429s
@@ -63,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     ]
     app = web.Application(client_max_size=settings.ingest_max_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app.add_routes(health.routes)
     app.add_routes(ingest.routes)
     for group in (status.routes, metrics.routes, admin.routes, admin_seed.routes, openapi.routes):

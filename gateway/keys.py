@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import asyncpg
 from aiohttp import web
@@ -12,7 +13,7 @@ from gateway.appender import Appender
 from gateway.fanout import Fanout
 from schemas.settings import Settings
 
-__all__ = ["APPENDER", "DB_POOL", "FANOUT", "REDIS", "SETTINGS", "PoolGetter"]
+__all__ = ["APPENDER", "CLOCK", "DB_POOL", "FANOUT", "REDIS", "SETTINGS", "Clock", "PoolGetter"]
 
 SETTINGS = web.AppKey("settings", Settings)
 # One client (a BlockingConnectionPool) per process, shared by every route group.
@@ -24,5 +25,9 @@ APPENDER = web.AppKey("appender", Appender)
 # only the routes that read the database wait for it.
 PoolGetter = Callable[[], Awaitable[asyncpg.Pool]]
 DB_POOL: web.AppKey[PoolGetter] = web.AppKey("db_pool")
+# The instant every route computes "now" from (windows, default ranges, goal deadlines): the
+# wall clock in production; tests pass a fixed instant so answers do not depend on the day.
+Clock = Callable[[], datetime]
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 # The WebSocket fan-out of this process, shared by `/ws` here and `/` on WS_PORT.
 FANOUT = web.AppKey("fanout", Fanout)

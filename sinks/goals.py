@@ -35,22 +35,24 @@ SELECT id, user_id, metric, target_value, baseline_value, starts_at, deadline, s
        achieved_at, created_at, updated_at
 FROM user_goals WHERE id = $1 AND user_id = $2
 """
+# $6 is the caller's "now": the goal starts, and is created, then.
 _CREATE: Final = """
-INSERT INTO user_goals (user_id, metric, target_value, baseline_value, deadline)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO user_goals (user_id, metric, target_value, baseline_value, deadline, starts_at,
+                        created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $6)
 RETURNING id, user_id, metric, target_value, baseline_value, starts_at, deadline, status,
           achieved_at, created_at, updated_at
 """
-# NULL leaves a column as it is. Status `achieved` stamps achieved_at (kept if it was achieved
-# already); any other status clears it.
+# NULL leaves a column as it is. Status `achieved` stamps achieved_at with $6, the caller's
+# "now" (kept if it was achieved already); any other status clears it.
 _UPDATE: Final = """
 UPDATE user_goals SET
     target_value = coalesce($3, target_value),
     deadline = coalesce($4, deadline),
     status = coalesce($5, status),
     achieved_at = CASE WHEN $5::text IS NULL THEN achieved_at
-                       WHEN $5 = 'achieved' THEN coalesce(achieved_at, now()) END,
-    updated_at = now()
+                       WHEN $5 = 'achieved' THEN coalesce(achieved_at, $6) END,
+    updated_at = $6
 WHERE id = $1 AND user_id = $2
 RETURNING id, user_id, metric, target_value, baseline_value, starts_at, deadline, status,
           achieved_at, created_at, updated_at
@@ -78,8 +80,10 @@ async def create_goal(
     target_value: float,
     baseline_value: float | None,
     deadline: datetime,
+    now: datetime,
 ) -> asyncpg.Record:
-    row = await conn.fetchrow(_CREATE, user_id, metric, target_value, baseline_value, deadline)
+    """A goal starting `now`."""
+    row = await conn.fetchrow(_CREATE, user_id, metric, target_value, baseline_value, deadline, now)
     assert row is not None  # noqa: S101 - INSERT ... RETURNING returns the row
     return row
 
@@ -92,9 +96,10 @@ async def update_goal(
     target_value: float | None = None,
     deadline: datetime | None = None,
     status: str | None = None,
+    now: datetime,
 ) -> asyncpg.Record | None:
-    """Change what is given; None if the user has no such goal."""
-    return await conn.fetchrow(_UPDATE, goal_id, user_id, target_value, deadline, status)
+    """Change what is given, as of `now`; None if the user has no such goal."""
+    return await conn.fetchrow(_UPDATE, goal_id, user_id, target_value, deadline, status, now)
 
 
 async def delete_goal(conn: Conn, user_id: str, goal_id: uuid.UUID) -> bool:

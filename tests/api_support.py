@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Role, mint_token
+from gateway.keys import Clock
 from pipeline.processor import Processor
 from pipeline.runner import Delivery
 from pipeline.stages.store import to_datetime
@@ -155,14 +156,28 @@ class ApiEnv:
                 await level(conn, spans)
 
 
+def to_us(t: datetime) -> int:
+    """`t` in microseconds since the epoch, as events carry their time."""
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def fixed_clock(now: datetime) -> Clock:
+    """The gateway clock of a test pinned at `now`."""
+    return lambda: now
+
+
 @asynccontextmanager
-async def api_env(base: Settings, **overrides: Any) -> AsyncIterator[ApiEnv]:
+async def api_env(
+    base: Settings, *, clock: Clock | None = None, **overrides: Any
+) -> AsyncIterator[ApiEnv]:
+    """A gateway on loopback; `clock` pins its "now" (default: the wall clock)."""
     settings = api_settings(base, **overrides)
     # From `base`: a test may point the gateway at a dead Redis, the test's own client works.
     redis = Redis(host=base.redis_host, port=base.redis_port, db=API_REDIS_DB)
     await redis.flushdb()
     pool = await create_pool(dataclasses.replace(settings, timescale_port=base.timescale_port))
-    client: Client = TestClient(TestServer(create_app(settings)))
+    app = create_app(settings) if clock is None else create_app(settings, clock=clock)
+    client: Client = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield ApiEnv(settings, client, redis, pool)

@@ -28,19 +28,23 @@ from tests.api_support import (
     ApiEnv,
     api_env,
     cache_count,
+    fixed_clock,
     iso,
     new_user,
-    now_us,
     parse,
     random_events,
+    to_us,
 )
 from tests.streams_helpers import make_event
 
 PROFILE = "/api/v1/metrics/profile"
-# Series with explicit bounds: with the default `to` (now) the key moves to the next bucket
-# at each boundary, which would turn a hit into a miss in the middle of a test.
-_SINCE = iso(datetime.now(UTC) - timedelta(days=1))
-_UNTIL = iso(datetime.now(UTC) + timedelta(hours=1))
+# The gateway's clock, pinned: caching does not depend on the instant, and with the wall
+# clock a default range's key would move to the next bucket at a boundary, turning a hit into
+# a miss in the middle of a test. Off every bucket boundary, as most instants are.
+NOW = datetime(2026, 12, 2, 12, 34, 56, 789000, tzinfo=UTC)
+NOW_US = to_us(NOW)
+_SINCE = iso(NOW - timedelta(days=1))
+_UNTIL = iso(NOW + timedelta(hours=1))
 CACHED = [
     (PROFILE, {"bucket": "5m", "from": _SINCE, "to": _UNTIL}),
     ("/api/v1/metrics/engagement", {"bucket": "1d", "from": _SINCE, "to": _UNTIL}),
@@ -52,7 +56,7 @@ CACHED = [
 
 @pytest.fixture
 async def env(migrated: Settings) -> AsyncIterator[ApiEnv]:
-    async with api_env(migrated) as e:
+    async with api_env(migrated, clock=fixed_clock(NOW)) as e:
         yield e
 
 
@@ -69,8 +73,8 @@ async def test_hit_after_a_first_call_until_new_data_for_that_user(
     alice, bob = new_user("alice"), new_user("bob")
     rng = random.Random(11)
     await env.store(
-        random_events(alice, rng, 80, now_us() - 3 * HOUR_US, 3 * HOUR_US)
-        + random_events(bob, rng, 80, now_us() - 3 * HOUR_US, 3 * HOUR_US)
+        random_events(alice, rng, 80, NOW_US - 3 * HOUR_US, 3 * HOUR_US)
+        + random_events(bob, rng, 80, NOW_US - 3 * HOUR_US, 3 * HOUR_US)
     )
     hits, misses = cache_count("hit"), cache_count("miss")
     s1, first, h1 = await env.get(path, alice, **params)
@@ -85,7 +89,7 @@ async def test_hit_after_a_first_call_until_new_data_for_that_user(
     assert hb["X-Cache"] == "hit"
 
     # New data for Alice, through the processor as the worker stores it.
-    t = now_us() - 10**6
+    t = NOW_US - 10**6
     await env.store(
         [make_event(alice, kind, value=3, time_us=t) for kind in ("post_like", "profile_view")]
     )
@@ -111,7 +115,7 @@ async def test_a_late_events_rollup_recompute_makes_the_cached_series_a_miss(env
     the event, but an answer computed before the rollup group recomputes that bucket is still
     stale: the recompute must invalidate again."""
     user = new_user()
-    hour_us = now_us() // HOUR_US * HOUR_US
+    hour_us = NOW_US // HOUR_US * HOUR_US
     late_us = hour_us - 5 * HOUR_US + 600_000_000  # far older than ROLLUP_MARGIN
     params = {"bucket": "1h", "from": _SINCE, "to": _UNTIL}
     await env.store([make_event(user, "profile_view", value=2, time_us=late_us)])
@@ -140,7 +144,7 @@ async def test_a_late_events_rollup_recompute_makes_the_cached_series_a_miss(env
 
 async def test_a_maintenance_run_makes_cached_aggregations_a_miss(env: ApiEnv) -> None:
     user = new_user()
-    t = now_us() - HOUR_US
+    t = NOW_US - HOUR_US
     await env.store(
         [
             make_event(user, "post_impression", value=200, time_us=t),
@@ -157,7 +161,7 @@ async def test_a_maintenance_run_makes_cached_aggregations_a_miss(env: ApiEnv) -
     assert before["aggregations"] == []
 
     async with env.pool.acquire() as conn:
-        run = await refresh_aggregations(conn, env.redis)
+        run = await refresh_aggregations(conn, env.redis, NOW)
         expected = await conn.fetchval(
             "SELECT (sum(likes) + sum(comments) + sum(shares))::float8 / sum(impressions) "
             "FROM engagement_metrics WHERE user_id = $1",
@@ -168,12 +172,12 @@ async def test_a_maintenance_run_makes_cached_aggregations_a_miss(env: ApiEnv) -
     assert h3["X-Cache"] == "miss"
     [point] = after["aggregations"]
     assert point["value"] == pytest.approx(expected) == pytest.approx(14 / 200)
-    assert parse(point["time"]) == run.at.replace(minute=0, second=0, microsecond=0)
+    assert parse(point["time"]) == NOW.replace(minute=0, second=0, microsecond=0)
 
 
 async def test_entries_are_per_parameters_and_live_for_the_ttl(env: ApiEnv) -> None:
     user = new_user()
-    await env.store([make_event(user, "profile_view", value=2, time_us=now_us() - 10**6)])
+    await env.store([make_event(user, "profile_view", value=2, time_us=NOW_US - 10**6)])
     _, _, h = await env.get(PROFILE, user, bucket="1h")
     assert h["X-Cache"] == "miss"
     _, daily, h = await env.get(PROFILE, user, bucket="1d")
@@ -220,7 +224,7 @@ async def test_goal_writes_invalidate_the_summary(env: ApiEnv) -> None:
 
 
 async def test_cache_off(migrated: Settings) -> None:
-    async with api_env(migrated, api_cache_ttl=0.0) as env:
+    async with api_env(migrated, clock=fixed_clock(NOW), api_cache_ttl=0.0) as env:
         user = new_user()
         for _ in range(2):
             status, _, headers = await env.get(PROFILE, user)
@@ -229,9 +233,9 @@ async def test_cache_off(migrated: Settings) -> None:
 
 
 async def test_the_api_answers_without_redis(migrated: Settings) -> None:
-    async with api_env(migrated, redis_port=closed_port()) as env:
+    async with api_env(migrated, clock=fixed_clock(NOW), redis_port=closed_port()) as env:
         user = new_user()
-        await env.store([make_event(user, "profile_view", value=4, time_us=now_us() - 10**6)])
+        await env.store([make_event(user, "profile_view", value=4, time_us=NOW_US - 10**6)])
         errors = cache_count("error")
         status, body, headers = await env.get(PROFILE, user)
         assert status == 200 and headers["X-Cache"] == "error"
@@ -251,7 +255,7 @@ async def test_a_stalled_redis_does_not_stall_the_api(migrated: Settings) -> Non
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with api_env(migrated, redis_port=port) as env:
+        async with api_env(migrated, clock=fixed_clock(NOW), redis_port=port) as env:
             started = time.monotonic()
             status, _, headers = await env.get(PROFILE, new_user())
             assert status == 200 and headers["X-Cache"] == "error"
@@ -264,7 +268,7 @@ async def test_a_stalled_redis_does_not_stall_the_api(migrated: Settings) -> Non
 
 
 async def test_database_down_is_a_503(migrated: Settings) -> None:
-    async with api_env(migrated, timescale_port=closed_port()) as env:
+    async with api_env(migrated, clock=fixed_clock(NOW), timescale_port=closed_port()) as env:
         status, body, headers = await env.get(PROFILE, new_user())
         assert status == 503
         assert body["error"]["code"] == "database_unavailable"

@@ -1,5 +1,9 @@
 """Series, summary, catalogue and aggregations over real HTTP, checked against SQL over the raw
-rows that the real processor stored."""
+rows that the real processor stored.
+
+The gateway's clock is pinned (`now`, default noon on 2026-12-02): default ranges, the
+raw-or-rollup split and the summary's windows are computed as of it, and the tests about time
+run at several instants."""
 
 from __future__ import annotations
 
@@ -25,11 +29,12 @@ from tests.api_support import (
     api_env,
     assert_series_equal,
     expected_bounds,
+    fixed_clock,
     iso,
     new_user,
-    now_us,
     parse,
     random_events,
+    to_us,
 )
 from tests.conftest import settings_for
 from tests.streams_helpers import make_event
@@ -39,25 +44,50 @@ ENGAGEMENT = "/api/v1/metrics/engagement"
 WIDTHS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 
 
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# A minute before midnight ending February, midnight starting March (both on bucket
+# boundaries of every width but a minute apart), a Monday 00:00, noon on 2026-12-02, and an
+# instant on no boundary.
+INSTANTS = [
+    _utc("2026-02-28T23:59"),
+    _utc("2026-03-01T00:00"),
+    _utc("2026-11-30T00:00"),
+    _utc("2026-12-02T12:00"),
+    _utc("2026-12-02T12:34:56.789"),
+]
+
+
 @pytest.fixture
-async def env(migrated: Settings) -> AsyncIterator[ApiEnv]:
-    async with api_env(migrated) as e:
+def now() -> datetime:
+    """The gateway's "now"; tests about time parametrize it over INSTANTS."""
+    return INSTANTS[3]
+
+
+@pytest.fixture
+async def env(migrated: Settings, now: datetime) -> AsyncIterator[ApiEnv]:
+    async with api_env(migrated, clock=fixed_clock(now)) as e:
         yield e
 
 
 @pytest.fixture
-async def seeded(env: ApiEnv) -> tuple[ApiEnv, str]:
-    """A user with 600 events over the last 40 hours, rolled up."""
+async def seeded(env: ApiEnv, now: datetime) -> tuple[ApiEnv, str]:
+    """A user with 600 events over the 40 hours before `now`, rolled up."""
     user = new_user()
     rng = random.Random(5)
-    await env.store(random_events(user, rng, 600, now_us() - 40 * HOUR_US, 40 * HOUR_US))
+    await env.store(random_events(user, rng, 600, to_us(now) - 40 * HOUR_US, 40 * HOUR_US))
     return env, user
 
 
+@pytest.mark.parametrize("now", INSTANTS[:3], ids=str)
 @pytest.mark.parametrize("bucket", ["5m", "1h", "1d"])
-async def test_profile_series_equals_raw_sql(seeded: tuple[ApiEnv, str], bucket: str) -> None:
+async def test_profile_series_equals_raw_sql(
+    seeded: tuple[ApiEnv, str], bucket: str, now: datetime
+) -> None:
     env, user = seeded
-    to = datetime.now(UTC) + timedelta(minutes=1)
+    to = now + timedelta(minutes=1)
     since = to - timedelta(hours=47, minutes=13)
     status, body, _ = await env.get(
         PROFILE, user, bucket=bucket, to=iso(to), **{"from": iso(since)}
@@ -83,10 +113,13 @@ async def test_profile_series_equals_raw_sql(seeded: tuple[ApiEnv, str], bucket:
     assert newest is not None and body["latest"]["connections"] == newest
 
 
+@pytest.mark.parametrize("now", INSTANTS[:3], ids=str)
 @pytest.mark.parametrize("bucket", ["1h", "1d"])
-async def test_engagement_series_equals_raw_sql(seeded: tuple[ApiEnv, str], bucket: str) -> None:
+async def test_engagement_series_equals_raw_sql(
+    seeded: tuple[ApiEnv, str], bucket: str, now: datetime
+) -> None:
     env, user = seeded
-    to = datetime.now(UTC)
+    to = now
     since = to - timedelta(days=3)
     status, body, _ = await env.get(
         ENGAGEMENT, user, bucket=bucket, to=iso(to), **{"from": iso(since)}
@@ -103,10 +136,11 @@ async def test_engagement_series_equals_raw_sql(seeded: tuple[ApiEnv, str], buck
     assert totals["engagementRate"] == pytest.approx(interactions / totals["impressions"])
 
 
-async def test_a_fresh_event_counts_before_any_rollup(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", INSTANTS, ids=str)
+async def test_a_fresh_event_counts_before_any_rollup(env: ApiEnv, now: datetime) -> None:
     """Stored by the processor, not yet rolled up: the newest buckets come from raw rows."""
     user = new_user()
-    t = now_us() - 1_000_000
+    t = to_us(now) - 1_000_000
     await env.store([make_event(user, "profile_view", value=7, time_us=t)], rollup=False)
     await env.store([make_event(user, "post_impression", value=40, time_us=t)], rollup=False)
     async with env.pool.acquire() as conn:
@@ -123,15 +157,16 @@ async def test_a_fresh_event_counts_before_any_rollup(env: ApiEnv) -> None:
         assert body["totals"]["impressions"] == 40, bucket
 
 
-async def test_older_buckets_are_read_from_the_rollups(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", INSTANTS, ids=str)
+async def test_older_buckets_are_read_from_the_rollups(env: ApiEnv, now: datetime) -> None:
     """A rollup row altered behind the API's back shows in old buckets, never in new ones:
     proof that old buckets come from the rollup and the newest from raw rows."""
     user = new_user()
-    old = now_us() - 30 * HOUR_US
+    old = to_us(now) - 30 * HOUR_US
     await env.store(
         [
             make_event(user, "profile_view", value=2, time_us=old),
-            make_event(user, "profile_view", value=3, time_us=now_us() - 1_000_000),
+            make_event(user, "profile_view", value=3, time_us=to_us(now) - 1_000_000),
             make_event(user, "post_like", value=4, time_us=old),
         ]
     )
@@ -148,17 +183,20 @@ async def test_older_buckets_are_read_from_the_rollups(env: ApiEnv) -> None:
     assert [p["likes"] for p in daily["series"]] == [99]
 
 
-async def test_defaults(seeded: tuple[ApiEnv, str]) -> None:
+@pytest.mark.parametrize("now", INSTANTS, ids=str)
+async def test_defaults(seeded: tuple[ApiEnv, str], now: datetime) -> None:
+    """Without `from` and `to`: the last 7 days in hours (2 days in 5 minutes) up to now,
+    widened to whole buckets."""
     env, user = seeded
-    before = datetime.now(UTC)
     _, body, _ = await env.get(PROFILE, user)
     assert body["bucket"] == "1h"
-    assert parse(body["to"]) - before <= timedelta(hours=1)
-    assert parse(body["to"]) > before
-    assert parse(body["to"]) - parse(body["from"]) in (timedelta(days=7), timedelta(hours=169))
+    hourly = expected_bounds(now - timedelta(days=7), now, WIDTHS["1h"])
+    assert (parse(body["from"]), parse(body["to"])) == hourly
+    on_the_hour = now.minute == now.second == now.microsecond == 0
+    assert hourly[1] - hourly[0] == (timedelta(days=7) if on_the_hour else timedelta(hours=169))
     _, five, _ = await env.get(PROFILE, user, bucket="5m")
-    span = parse(five["to"]) - parse(five["from"])
-    assert timedelta(days=2) <= span <= timedelta(days=2, minutes=10)
+    span = expected_bounds(now - timedelta(days=2), now, WIDTHS["5m"])
+    assert (parse(five["from"]), parse(five["to"])) == span
 
 
 def span(since: str, to: str, **more: str) -> dict[str, str]:
@@ -199,10 +237,12 @@ async def test_bad_parameters_name_their_field(
     assert body["error"]["code"] == "invalid_parameter"
 
 
-async def test_an_offset_decoded_as_a_space_still_parses(seeded: tuple[ApiEnv, str]) -> None:
+async def test_an_offset_decoded_as_a_space_still_parses(
+    seeded: tuple[ApiEnv, str], now: datetime
+) -> None:
     """`+02:00` in an unencoded query string arrives as ` 02:00`; it means the same time."""
     env, user = seeded
-    to = datetime.now(UTC).replace(microsecond=0)
+    to = now.replace(microsecond=0)
     local = to.astimezone(timezone(timedelta(hours=2)))
     url = f"{PROFILE}?to={local.isoformat()}"  # `+` left raw on purpose
     status, body, _ = await env.call("GET", url, user)
@@ -221,9 +261,9 @@ ENDPOINTS = [
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
-async def test_users_see_only_their_own_data(env: ApiEnv, path: str) -> None:
+async def test_users_see_only_their_own_data(env: ApiEnv, path: str, now: datetime) -> None:
     alice, bob = new_user("alice"), new_user("bob")
-    await env.store([make_event(bob, "profile_view", value=5)])
+    await env.store([make_event(bob, "profile_view", value=5, time_us=to_us(now) - 10**6)])
     status, body, _ = await env.get(path, alice, userId=bob)
     assert status == 403
     assert body["error"] == {
@@ -241,19 +281,22 @@ async def test_users_see_only_their_own_data(env: ApiEnv, path: str) -> None:
         assert anonymous.status == 401
 
 
-async def test_admin_sees_the_users_figures(env: ApiEnv) -> None:
+async def test_admin_sees_the_users_figures(env: ApiEnv, now: datetime) -> None:
     bob = new_user("bob")
-    await env.store([make_event(bob, "profile_view", value=5)])
+    await env.store([make_event(bob, "profile_view", value=5, time_us=to_us(now) - 10**6)])
     _, body, _ = await env.get(PROFILE, "ops-admin", "admin", userId=bob)
     assert body["totals"]["profileViews"] == 5
     _, mine, _ = await env.get(PROFILE, "ops-admin", "admin")
     assert mine["userId"] == "ops-admin" and mine["totals"]["profileViews"] == 0
 
 
-async def test_summary_agrees_with_current_values_and_the_previous_week(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", [INSTANTS[1], INSTANTS[2]], ids=str)
+async def test_summary_agrees_with_current_values_and_the_previous_week(
+    env: ApiEnv, now: datetime
+) -> None:
     user = new_user()
     rng = random.Random(9)
-    start = now_us() - 20 * DAY_US
+    start = to_us(now) - 20 * DAY_US
     events = sorted(
         random_events(user, rng, 900, start, 20 * DAY_US - 60_000_000), key=lambda e: e.time_us
     )
@@ -261,6 +304,7 @@ async def test_summary_agrees_with_current_values_and_the_previous_week(env: Api
         await env.store([e for e in events if (e.time_us - start) // (2 * DAY_US) == days])
     _, body, _ = await env.get("/api/v1/metrics/summary", user)
     at = parse(body["at"])
+    assert at == now
     async with env.pool.acquire() as conn:
         now_values = (await current_values(conn, [user], at))[user]
         before = at - timedelta(days=7)
@@ -331,9 +375,10 @@ async def test_catalog_lists_every_metric(env: ApiEnv) -> None:
     assert not {a["metric"] for a in body["aggregations"]} & set(CATALOGUE)
 
 
-async def test_aggregations_return_the_stored_rows(env: ApiEnv) -> None:
+@pytest.mark.parametrize("now", INSTANTS, ids=str)
+async def test_aggregations_return_the_stored_rows(env: ApiEnv, now: datetime) -> None:
     user = new_user()
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = now.replace(minute=0, second=0, microsecond=0)
     rows: list[tuple[Any, ...]] = [
         (hour - timedelta(hours=h), user, name, period, h * 0.01, h)
         for h in range(0, 240, 6)
@@ -346,10 +391,14 @@ async def test_aggregations_return_the_stored_rows(env: ApiEnv) -> None:
             rows,
         )
     _, body, _ = await env.get("/api/v1/metrics/aggregations", user, name="engagement_rate_7d")
-    since = parse(body["from"])
-    expected = [r for r in rows if r[2] == "engagement_rate_7d" and r[0] >= since]
+    # The last 7 days in whole hours, [from, to): exactly on the hour `to` is now itself, and
+    # the point stamped now belongs to the next range.
+    on_the_hour = now == hour
+    since, until = parse(body["from"]), parse(body["to"])
+    assert (since, until) == (hour - timedelta(days=7), hour + timedelta(hours=0 if on_the_hour else 1))
+    expected = [r for r in rows if r[2] == "engagement_rate_7d" and since <= r[0] < until]
     expected.sort(key=lambda r: r[0])
-    assert len(expected) == 29  # 7 days back from this hour, every 6 hours
+    assert len(expected) == (28 if on_the_hour else 29)  # every 6 hours
     assert [(parse(a["time"]), a["value"], a["sampleCount"]) for a in body["aggregations"]] == [
         (r[0], r[4], r[5]) for r in expected
     ]
@@ -357,7 +406,8 @@ async def test_aggregations_return_the_stored_rows(env: ApiEnv) -> None:
     _, everything, _ = await env.get(
         "/api/v1/metrics/aggregations", user, **{"from": iso(hour - timedelta(days=1))}
     )
-    assert len(everything["aggregations"]) == 5 * 5  # 0, 6, 12, 18, 24 hours back
+    # 24, 18, 12, 6 and (but exactly on the hour) 0 hours back.
+    assert len(everything["aggregations"]) == 5 * (4 if on_the_hour else 5)
 
 
 def test_every_api_route_is_documented() -> None:
