@@ -400,6 +400,12 @@ async def _seed(conn: asyncpg.Connection, t0: datetime) -> None:
     await insert_samples(conn, samples)
 
 
+# Where the endpoint test's samples start, pinned (no process samples there): a Monday
+# 00:00, and the last hour of a month.
+_SAMPLE_HOURS = [datetime(2026, 11, 30, tzinfo=UTC), datetime(2026, 11, 30, 23, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize("hour", _SAMPLE_HOURS, ids=str)
 @pytest.mark.parametrize(
     ("bucket", "seconds", "kind"),
     [("1m", 60, None), ("10s", 10, "worker"), ("5m", 300, None), ("1h", 3600, "gateway")],
@@ -410,10 +416,10 @@ async def test_endpoint_answers_the_tables_buckets(
     bucket: str,
     seconds: int,
     kind: str | None,
+    hour: datetime,
 ) -> None:
     s, _, conn = env
     await conn.execute("DELETE FROM performance_metrics WHERE process_name LIKE '__-_'")
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
     await _seed(conn, hour)
     client = await gateway(dataclasses.replace(s, perf_sample_interval=3600))
     since, to = hour + timedelta(minutes=3, seconds=25), hour + timedelta(minutes=11, seconds=1)
