@@ -9,7 +9,9 @@ sorted set, so memory stays one small string per active client.
 
 Semantics: a budget is N requests per RATE_LIMIT_WINDOW, refilled smoothly (one every
 window/N), with bursts of up to N. Budgets, each per token subject and per client IP:
-- `ingest`: `/ingest/*`;
+- `ingest`: `/ingest/*`; a `user` token's subject budget is RATE_LIMIT_INGEST_USER (on by
+  default: an end user must not be able to fill the backlog producers share), a producer's or
+  admin's RATE_LIMIT_INGEST_SUBJECT (off by default);
 - `api`: every other route except the probes (`/health`, `/ready`, `/metrics`), which an
   orchestrator and Prometheus must always reach;
 - `ws`: WebSocket connects, checked by the WebSocket handler through `check_websocket`.
@@ -39,7 +41,7 @@ from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.auth import Principal, verify_token
+from gateway.auth import Principal, Role, verify_token
 from gateway.clientip import client_ip
 from gateway.errors import ApiError
 from gateway.keys import REDIS, SETTINGS
@@ -123,9 +125,11 @@ class Decision:
         }
 
 
-def _limits(settings: Settings, budget: Budget) -> tuple[int, int]:
-    """(per subject, per IP) for `budget`."""
+def _limits(settings: Settings, budget: Budget, role: Role | None) -> tuple[int, int]:
+    """(per subject, per IP) for `budget`; `role` is the subject's."""
     if budget == "ingest":
+        if role == "user":
+            return settings.rate_limit_ingest_user, settings.rate_limit_ingest_ip
         return settings.rate_limit_ingest_subject, settings.rate_limit_ingest_ip
     if budget == "api":
         return settings.rate_limit_api_subject, settings.rate_limit_api_ip
@@ -152,11 +156,18 @@ async def _evaluate(redis: Redis, checks: list[tuple[str, int]], interval_s: flo
 
 
 async def check(
-    redis: Redis, settings: Settings, budget: Budget, *, subject: str | None, ip: str | None
+    redis: Redis,
+    settings: Settings,
+    budget: Budget,
+    *,
+    subject: str | None,
+    ip: str | None,
+    role: Role | None = None,
 ) -> Decision | None:
-    """Spend one request of `budget` for the subject and the IP; the tightest decision, or
-    None when no limit applies. Never raises for Redis: a limiter outage lets traffic pass."""
-    per_subject, per_ip = _limits(settings, budget)
+    """Spend one request of `budget` for the subject (of `role`) and the IP; the tightest
+    decision, or None when no limit applies. Never raises for Redis: a limiter outage lets
+    traffic pass."""
+    per_subject, per_ip = _limits(settings, budget, role)
     checks: list[tuple[str, int]] = []
     if subject is not None and per_subject > 0:
         checks.append((f"{_PREFIX}:{budget}:sub:{_subject_key(subject)}", per_subject))
@@ -190,21 +201,22 @@ def _refuse(decision: Decision, budget: Budget, window_s: float) -> ApiError:
     )
 
 
-def _subject(request: web.Request, settings: Settings) -> str | None:
+def _principal(request: web.Request, settings: Settings) -> Principal | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        return verify_token(settings, token.strip()).subject
+        return verify_token(settings, token.strip())
     except ApiError:
         return None  # the route refuses it with 401; only the IP budget applies meanwhile
 
 
-async def _apply(request: web.Request, budget: Budget, subject: str | None) -> None:
+async def _apply(request: web.Request, budget: Budget, principal: Principal | None) -> None:
     settings = request.app[SETTINGS]
     ip = client_ip(request, settings.trusted_proxies)
-    decision = await check(request.app[REDIS], settings, budget, subject=subject, ip=ip)
+    subject, role = (principal.subject, principal.role) if principal else (None, None)
+    decision = await check(request.app[REDIS], settings, budget, subject=subject, ip=ip, role=role)
     if decision is None:
         return
     scope = "subject" if subject is not None else "ip"
@@ -216,7 +228,7 @@ async def _apply(request: web.Request, budget: Budget, subject: str | None) -> N
 
 async def check_websocket(request: web.Request, principal: Principal | None) -> None:
     """For the WebSocket handler, before upgrading: spend one `ws` connect or raise 429."""
-    await _apply(request, "ws", principal.subject if principal is not None else None)
+    await _apply(request, "ws", principal)
 
 
 @web.middleware
@@ -232,7 +244,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     ):
         return await handler(request)
     budget: Budget = "ingest" if path.startswith("/ingest/") else "api"
-    await _apply(request, budget, _subject(request, request.app[SETTINGS]))
+    await _apply(request, budget, _principal(request, request.app[SETTINGS]))
     return await handler(request)
 
 

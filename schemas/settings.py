@@ -201,6 +201,11 @@ class Settings:
     rate_limit_window: float = _setting(60.0, _duration(1, 86400))
     rate_limit_ingest_subject: int = _setting(0, _int(0, 1_000_000_000))
     rate_limit_ingest_ip: int = _setting(0, _int(0, 1_000_000_000))
+    # End users may ingest their own events, but are not trusted services: without a budget
+    # one user could fill INGEST_MAX_BACKLOG and get every producer refused with 429. It
+    # replaces RATE_LIMIT_INGEST_SUBJECT for `user` tokens; 60 requests (of up to
+    # INGEST_MAX_BATCH events) a minute is far beyond what a browser or app sends for one user.
+    rate_limit_ingest_user: int = _setting(60, _int(0, 1_000_000_000))
     rate_limit_api_subject: int = _setting(1200, _int(0, 1_000_000_000))
     rate_limit_api_ip: int = _setting(3000, _int(0, 1_000_000_000))
     rate_limit_ws_subject: int = _setting(60, _int(0, 1_000_000_000))
