@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.api import API, cached, connection, parse_int, reader
 from gateway.errors import ApiError
+from gateway.keys import CLOCK
 from schemas.events import EVENT_TYPES
 from sinks.queries import feed_page
 
@@ -74,7 +75,9 @@ async def events(request: web.Request) -> web.Response:
 
     async def compute() -> dict[str, Any]:
         async with connection(request) as conn:
-            rows = await feed_page(conn, user, after=after, types=types, limit=limit + 1)
+            rows = await feed_page(
+                conn, user, after=after, types=types, limit=limit + 1, now=request.app[CLOCK]()
+            )
         page = rows[:limit]
         more = len(rows) > limit
         return {

@@ -129,8 +129,10 @@ async def feed_page(
     after: tuple[datetime, str] | None,
     types: Sequence[str] | None,
     limit: int,
+    now: datetime,
 ) -> list[asyncpg.Record]:
-    """Up to `limit` events of the user after the cursor `after` (time, event_id)."""
+    """Up to `limit` events of the user after the cursor `after` (time, event_id); the first
+    page's windows reach back from `now` (plus a producer's clock skew)."""
     args: list[object] = [user_id, _BEFORE_ANY_ROW]
     cursor = ""
     if after is not None:
@@ -141,7 +143,7 @@ async def feed_page(
         args.append(list(types))
         type_filter = f"AND event_type = ANY(${len(args)}::text[])"
     sql = _FEED.format(cursor=cursor, types=type_filter, limit=int(limit))
-    newest = after[0] if after is not None else datetime.now(UTC) + MAX_FUTURE
+    newest = after[0] if after is not None else now + MAX_FUTURE
     rows: list[asyncpg.Record] = []
     for window in FEED_WINDOWS:
         args[1] = newest - window if window is not None else _BEFORE_ANY_ROW

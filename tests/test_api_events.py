@@ -1,4 +1,7 @@
-"""The activity feed over real HTTP: order, keyset pages, type filter, checked against SQL."""
+"""The activity feed over real HTTP: order, keyset pages, type filter, checked against SQL.
+
+The gateway's clock is pinned at NOW, and the events are stored around it: the windows the
+feed scans first reach back from it, not from the wall clock."""
 
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from tests.api_support import (
     HOUR_US,
     ApiEnv,
     api_env,
+    fixed_clock,
     new_user,
-    now_us,
     parse,
     random_events,
+    to_us,
 )
 from tests.streams_helpers import make_event
 
@@ -33,9 +37,15 @@ ORDER BY time DESC, event_id
 """
 
 
+NOW = datetime(2026, 12, 2, 12, 34, 56, tzinfo=UTC)
+
+
+NOW_US = to_us(NOW)
+
+
 @pytest.fixture
 async def env(migrated: Settings) -> AsyncIterator[ApiEnv]:
-    async with api_env(migrated) as e:
+    async with api_env(migrated, clock=fixed_clock(NOW)) as e:
         yield e
 
 
@@ -55,12 +65,12 @@ async def _pages(env: ApiEnv, user: str, **params: str) -> list[list[dict[str, A
 
 async def test_pages_walk_the_whole_feed_newest_first(env: ApiEnv) -> None:
     user = new_user()
-    events = random_events(user, random.Random(1), 95, now_us() - 24 * HOUR_US, 24 * HOUR_US)
+    events = random_events(user, random.Random(1), 95, NOW_US - 24 * HOUR_US, 24 * HOUR_US)
     # Five events at one instant: ties must neither repeat nor vanish across a page boundary.
-    tie = now_us() - 5 * HOUR_US
+    tie = NOW_US - 5 * HOUR_US
     events += [make_event(user, "profile_view", time_us=tie) for _ in range(5)]
     # Older ones, beyond the first windows the feed scans: the pages must still reach them.
-    events += [make_event(user, "post_like", time_us=now_us() - d * DAY_US) for d in (3, 10, 40)]
+    events += [make_event(user, "post_like", time_us=NOW_US - d * DAY_US) for d in (3, 10, 40)]
     await env.store(events)
     pages = await _pages(env, user, limit="30")
     assert [len(p) for p in pages] == [30, 30, 30, 13]
@@ -76,7 +86,7 @@ async def test_pages_walk_the_whole_feed_newest_first(env: ApiEnv) -> None:
 
 async def test_default_limit_and_a_last_page_without_cursor(env: ApiEnv) -> None:
     user = new_user()
-    await env.store(random_events(user, random.Random(2), 60, now_us() - HOUR_US, HOUR_US))
+    await env.store(random_events(user, random.Random(2), 60, NOW_US - HOUR_US, HOUR_US))
     _, first, _ = await env.get(FEED, user)
     assert len(first["events"]) == 50 and first["nextCursor"] is not None
     _, second, _ = await env.get(FEED, user, cursor=first["nextCursor"])
@@ -87,10 +97,11 @@ async def test_default_limit_and_a_last_page_without_cursor(env: ApiEnv) -> None
 
 async def test_new_events_do_not_shift_later_pages(env: ApiEnv) -> None:
     user = new_user()
-    await env.store(random_events(user, random.Random(3), 40, now_us() - HOUR_US, HOUR_US - 10**6))
+    await env.store(random_events(user, random.Random(3), 40, NOW_US - HOUR_US, HOUR_US - 10**6))
     _, first, _ = await env.get(FEED, user, limit="20")
     _, second_before, _ = await env.get(FEED, user, limit="20", cursor=first["nextCursor"])
-    await env.store([make_event(user, "post_like") for _ in range(7)])  # newer than all
+    newer = [make_event(user, "post_like", time_us=NOW_US + i) for i in range(7)]
+    await env.store(newer)  # newer than all
     _, second_after, _ = await env.get(FEED, user, limit="20", cursor=first["nextCursor"])
     assert second_after["events"] == second_before["events"]
     _, newest, _ = await env.get(FEED, user, limit="7")
@@ -99,7 +110,7 @@ async def test_new_events_do_not_shift_later_pages(env: ApiEnv) -> None:
 
 async def test_type_filter(env: ApiEnv) -> None:
     user = new_user()
-    await env.store(random_events(user, random.Random(4), 120, now_us() - HOUR_US, HOUR_US))
+    await env.store(random_events(user, random.Random(4), 120, NOW_US - HOUR_US, HOUR_US))
     pages = await _pages(env, user, type="post_like,profile_view", limit="10")
     feed = [e["eventId"] for page in pages for e in page]
     async with env.pool.acquire() as conn:
