@@ -166,6 +166,19 @@ def fixed_clock(now: datetime) -> Clock:
     return lambda: now
 
 
+async def rollup_storage(conn: asyncpg.Connection, rollup: str) -> str:
+    """Where a rollup's rows are stored: the rollup table (Apache edition), or the hypertable
+    that holds a continuous aggregate's materialisation (full edition; the view itself also
+    shows raw rows past its watermark and cannot be updated)."""
+    name: str = await conn.fetchval(
+        "SELECT coalesce((SELECT format('%I.%I', materialization_hypertable_schema, "
+        "materialization_hypertable_name) FROM timescaledb_information.continuous_aggregates "
+        "WHERE view_name = $1), quote_ident($1))",
+        rollup,
+    )
+    return name
+
+
 @asynccontextmanager
 async def api_env(
     base: Settings, *, clock: Clock | None = None, **overrides: Any

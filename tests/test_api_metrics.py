@@ -34,6 +34,7 @@ from tests.api_support import (
     new_user,
     parse,
     random_events,
+    rollup_storage,
     to_us,
 )
 from tests.conftest import settings_for
@@ -144,9 +145,8 @@ async def test_a_fresh_event_counts_before_any_rollup(env: ApiEnv, now: datetime
     await env.store([make_event(user, "profile_view", value=7, time_us=t)], rollup=False)
     await env.store([make_event(user, "post_impression", value=40, time_us=t)], rollup=False)
     async with env.pool.acquire() as conn:
-        rolled = await conn.fetchval(
-            "SELECT count(*) FROM profile_metrics_5min WHERE user_id = $1", user
-        )
+        rollup = await rollup_storage(conn, "profile_metrics_5min")
+        rolled = await conn.fetchval(f"SELECT count(*) FROM {rollup} WHERE user_id = $1", user)
     assert rolled == 0  # the premise: no rollup has these rows
     for bucket in ("5m", "1h", "1d"):
         _, body, _ = await env.get(PROFILE, user, bucket=bucket)
@@ -172,11 +172,13 @@ async def test_older_buckets_are_read_from_the_rollups(env: ApiEnv, now: datetim
     )
     async with env.pool.acquire() as conn:
         for rollup in ("profile_metrics_hourly", "profile_metrics_daily"):
+            stored = await rollup_storage(conn, rollup)
             await conn.execute(
-                f"UPDATE {rollup} SET profile_views = profile_views + 1000 WHERE user_id = $1",
+                f"UPDATE {stored} SET profile_views = profile_views + 1000 WHERE user_id = $1",
                 user,
             )
-        await conn.execute("UPDATE engagement_hourly SET likes = 99 WHERE user_id = $1", user)
+        stored = await rollup_storage(conn, "engagement_hourly")
+        await conn.execute(f"UPDATE {stored} SET likes = 99 WHERE user_id = $1", user)
     _, hourly, _ = await env.get(PROFILE, user, bucket="1h")
     assert [p["profileViews"] for p in hourly["series"]] == [1002, 3]
     _, daily, _ = await env.get(ENGAGEMENT, user, bucket="1d")
@@ -395,7 +397,10 @@ async def test_aggregations_return_the_stored_rows(env: ApiEnv, now: datetime) -
     # the point stamped now belongs to the next range.
     on_the_hour = now == hour
     since, until = parse(body["from"]), parse(body["to"])
-    assert (since, until) == (hour - timedelta(days=7), hour + timedelta(hours=0 if on_the_hour else 1))
+    assert (since, until) == (
+        hour - timedelta(days=7),
+        hour + timedelta(hours=0 if on_the_hour else 1),
+    )
     expected = [r for r in rows if r[2] == "engagement_rate_7d" and since <= r[0] < until]
     expected.sort(key=lambda r: r[0])
     assert len(expected) == (28 if on_the_hour else 29)  # every 6 hours
