@@ -6,7 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
@@ -112,7 +112,8 @@ async def test_clear_removes_only_seeded_rows(scratch_db: ScratchDb) -> None:
         )
         await conn.execute(
             "INSERT INTO user_goals (user_id, metric, target_value, deadline) "
-            "VALUES ('real-user', 'connections', 10, now() + interval '1 day')"
+            "VALUES ('real-user', 'connections', 10, $1)",
+            UNTIL + timedelta(days=1),
         )
         assert len(await seed_status(conn)) == 1
         removed = await clear(conn)
