@@ -27,6 +27,7 @@ from gateway.auth import Principal, require_role
 from gateway.cache import ApiCache
 from gateway.errors import ApiError
 from gateway.keys import DB_POOL, REDIS, SETTINGS
+from schemas.events import is_user_id
 from sinks.db import Conn
 
 __all__ = [
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 API: Final = "/api/v1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_USER_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # A query string decodes `+` as a space, so `...T10:00:00+02:00` arrives as `... 02:00`.
 _SPACED_OFFSET: Final = re.compile(r"^(.*\d) (\d\d(?::?\d\d)?)$")
 # Bounds one request's database work; a query past it answers 503 instead of holding a
@@ -78,10 +78,10 @@ def reader(request: web.Request) -> tuple[Principal, str]:
     principal = require_role(request, "user", "admin")
     wanted = request.query.get("userId")
     if wanted is None:
-        if principal.role == "admin" and not _USER_ID.match(principal.subject):
+        if principal.role == "admin" and not is_user_id(principal.subject):
             raise ApiError(400, "invalid_parameter", "userId is required", "userId")
         return principal, principal.subject
-    if not _USER_ID.match(wanted):
+    if not is_user_id(wanted):
         raise ApiError(
             400, "invalid_parameter", "userId must be 1-64 chars of [A-Za-z0-9_.:-]", "userId"
         )

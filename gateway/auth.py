@@ -9,7 +9,8 @@ then come from an identity provider holding the private key; `analytics token` c
 them). With RS256 pinned, an HS256 token "signed" with the public key as its secret (the
 classic confusion attack) is refused for its algorithm before any key is used. JWT_AUDIENCE
 and JWT_ISSUER, when set, make `aud` / `iss` required and checked; `exp`, `nbf` and `iat` are
-honoured with LEEWAY_S of clock skew.
+honoured with LEEWAY_S of clock skew. `exp` must be a JSON number no further ahead than
+JWT_MAX_TTL, and a `user` token's `sub` a valid user id (schemas/events.py), else 401.
 
 Every authenticated endpoint calls `authenticate(request)`; WebSocket and query-parameter
 tokens go through `verify_token` directly.
@@ -18,6 +19,7 @@ tokens go through `verify_token` directly.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from gateway.errors import ApiError
 from gateway.keys import SETTINGS
 from schemas.errors import SettingsError
+from schemas.events import is_user_id
 from schemas.settings import Settings
 
 __all__ = [
@@ -70,11 +73,16 @@ class Principal:
 
 
 def mint_token(settings: Settings, *, subject: str, role: Role, ttl_seconds: float) -> str:
-    """A development token signed with JWT_SECRET, carrying JWT_AUDIENCE / JWT_ISSUER if set."""
+    """A development token signed with JWT_SECRET, carrying JWT_AUDIENCE / JWT_ISSUER if set.
+    ValueError if `ttl_seconds` exceeds JWT_MAX_TTL: the gateway would refuse the token."""
     if settings.jwt_algorithm != "hs256":
         raise SettingsError(
             "JWT_ALGORITHM",
             "RS256 tokens are signed by your identity provider; only HS256 ones can be minted",
+        )
+    if ttl_seconds > settings.jwt_max_ttl:
+        raise ValueError(
+            f"a lifetime of {ttl_seconds:g}s exceeds JWT_MAX_TTL ({settings.jwt_max_ttl:g}s)"
         )
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -99,14 +107,23 @@ class _Verifier:
     key: str  # the HS256 secret or the RS256 public key PEM
     audience: str
     issuer: str
+    max_ttl: float
 
 
 def _verifier(settings: Settings) -> _Verifier:
     if settings.jwt_algorithm == "rs256":
         # One-line environment values often carry the PEM's newlines as `\n`.
         pem = settings.jwt_public_key.replace("\\n", "\n")
-        return _Verifier("RS256", pem, settings.jwt_audience, settings.jwt_issuer)
-    return _Verifier(ALGORITHM, settings.jwt_secret, settings.jwt_audience, settings.jwt_issuer)
+        return _Verifier(
+            "RS256", pem, settings.jwt_audience, settings.jwt_issuer, settings.jwt_max_ttl
+        )
+    return _Verifier(
+        ALGORITHM,
+        settings.jwt_secret,
+        settings.jwt_audience,
+        settings.jwt_issuer,
+        settings.jwt_max_ttl,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,8 +197,21 @@ def _verified(verifier: _Verifier, token: str) -> tuple[Principal, float]:
         raise _unauthorized("token subject must be a non-empty string")
     if not isinstance(role, str) or role not in _ROLES:
         raise _unauthorized("token role must be one of user, producer, admin")
-    exp = claims["exp"]
-    return Principal(subject, cast(Role, role)), float(exp)
+    # A user's subject names its data (goals, cache keys, streams): `../x`, a newline or a
+    # brace must never reach them.
+    if role == "user" and not is_user_id(subject):
+        raise _unauthorized("token subject must be a user id: 1-64 chars of [A-Za-z0-9_.:-]")
+    return Principal(subject, cast(Role, role)), _expiry(claims["exp"], verifier.max_ttl)
+
+
+def _expiry(exp: Any, max_ttl: float) -> float:
+    """`exp` as a number within JWT_MAX_TTL of now. PyJWT checks `exp` with int(), which takes
+    "9999999999" and 1e30 alike; RFC 7519 makes it a NumericDate, a JSON number."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise _unauthorized("token exp must be a number of seconds since the epoch")
+    if exp > time.time() + max_ttl + LEEWAY_S:
+        raise _unauthorized(f"token lives longer than the {max_ttl:g} s JWT_MAX_TTL allows")
+    return float(exp)
 
 
 def verify_token(settings: Settings, token: str) -> Principal:

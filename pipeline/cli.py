@@ -182,9 +182,10 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         ttl = parse_duration(args.ttl)
-    except ValueError as e:
+        token = mint_token(settings, subject=args.user, role=args.role, ttl_seconds=ttl)
+    except ValueError as e:  # unreadable, or longer than JWT_MAX_TTL
         raise SettingsError("--ttl", str(e)) from None
-    print(mint_token(settings, subject=args.user, role=args.role, ttl_seconds=ttl))
+    print(token)
     return 0
 
 

@@ -19,8 +19,12 @@ __all__ = [
     "MAX_FUTURE_SKEW_S",
     "MAX_PROPERTIES_BYTES",
     "EventIn",
+    "USER_ID_MAX_LENGTH",
+    "USER_ID_PATTERN",
     "EventType",
     "StreamEvent",
+    "UserId",
+    "is_user_id",
     "split_error",
     "stream_event_decoder",
     "stream_event_encoder",
@@ -48,7 +52,22 @@ MAX_FUTURE_SKEW_S: Final = 300.0
 # a 1000-event batch under ~10 MiB even in the worst case.
 MAX_PROPERTIES_BYTES: Final = 8192
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# The one rule for a user id: an event's `user_id`, a `user` token's `sub`, `?userId=`. Short,
+# and only characters safe in Redis keys (no braces, which would change a key's hash tag),
+# file paths and log lines. `\Z`, not `$`: `$` also matches before a trailing newline.
+USER_ID_MAX_LENGTH: Final = 64
+USER_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]+\Z"
+_USER_ID: Final = re.compile(USER_ID_PATTERN)
+UserId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=USER_ID_MAX_LENGTH, pattern=USER_ID_PATTERN)
+]
+
+
+def is_user_id(value: str) -> bool:
+    """Whether `value` is a valid user id (the rule `UserId` applies when decoding)."""
+    return len(value) <= USER_ID_MAX_LENGTH and _USER_ID.match(value) is not None
+
+
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 # Increments are counts; a negative one would silently corrupt every sum downstream.

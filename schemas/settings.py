@@ -219,6 +219,10 @@ class Settings:
     jwt_public_key: str = _setting("", _text)
     jwt_audience: str = _setting("", _text)
     jwt_issuer: str = _setting("", _text)
+    # The longest a token may still be valid when it is presented (`exp` at most this far
+    # ahead): a leaked token must not work for years because its issuer chose `exp: 1e30`.
+    # A week covers `analytics token --ttl 7d` service tokens; identity providers issue hours.
+    jwt_max_ttl: float = _setting(7 * 86400.0, _duration(60, 366 * 86400))
     # How long a hot analytics API answer stays cached in Redis (0 turns the cache off). New
     # data for a user invalidates that user's answers at once; the TTL bounds how stale the
     # sliding "last 7 days" windows of a quiet user's answers can get.
