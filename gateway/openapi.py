@@ -210,8 +210,9 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
     "/status": {
         "get": {
             "summary": "Streams, groups, DLQ, database and process figures",
+            "description": "Producer and admin tokens only; a user token gets 403.",
             "security": _BEARER,
-            "responses": {"200": _json(_ANY_OBJECT, "status"), **_errors(401)},
+            "responses": {"200": _json(_ANY_OBJECT, "status"), **_errors(401, 403)},
         }
     },
     "/ws": {

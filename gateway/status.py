@@ -1,4 +1,6 @@
-"""`GET /status` (authenticated): whether the pipeline keeps up, in one JSON document.
+"""`GET /status` (producer and admin tokens; 403 for users): whether the pipeline keeps up, in
+one JSON document. End users have no use for it, and it names the PID and exact PostgreSQL
+and TimescaleDB versions an attacker would look up.
 
 Per stream its length; per consumer group its lag (entries not yet delivered), pending count
 (delivered, not acknowledged), the age of its oldest pending entry and how many consumers are
@@ -28,7 +30,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.auth import authenticate
+from gateway.auth import require_role
 from gateway.keys import DB_POOL, REDIS, SETTINGS
 from schemas.settings import Settings
 from schemas.streams import ALERTS_STREAM, DLQ_STREAM, METRICS_STREAM, backlog_key, events_stream
@@ -226,7 +228,7 @@ async def _section(name: str, read: Awaitable[dict[str, Any]]) -> tuple[str, dic
 
 @routes.get("/status")
 async def status(request: web.Request) -> web.Response:
-    authenticate(request)
+    require_role(request, "producer", "admin")
     sections = dict(
         await asyncio.gather(
             _section("redis", _redis_section(request)),

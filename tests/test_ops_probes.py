@@ -144,7 +144,7 @@ async def test_status_reports_streams_groups_dlq_database_and_process(
     await ops_redis.xadd(DLQ_STREAM, {"reason": "bad"})
     await ops_redis.hset(backlog_key(0), mapping={"appended": 7, "acked": 2})
     client = await make_client(migrated)
-    response = await client.get("/status", headers=bearer("user", "alice"))
+    response = await client.get("/status", headers=bearer("producer", "bot"))
     assert response.status == 200
     body = await response.json()
 
