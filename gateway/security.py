@@ -17,7 +17,11 @@ allowed origin and 403 otherwise, before routing, so every route supports them. 
 (cookies) are never allowed: the API authenticates with bearer tokens only.
 
 Both are applied from `on_response_prepare`, so they reach responses aiohttp builds itself
-(404 from the router, 500 from an unhandled exception) as well as the handlers' own.
+(404 from the router, 500 from an unhandled exception) as well as the handlers' own, on both
+ports (the WS_PORT app registers the same hook). The hook also replaces aiohttp's `Server`
+header, which names the exact aiohttp and Python versions, with a neutral `SERVER`. Not
+reached: the plain-text 400 aiohttp's protocol layer sends for bytes that are not HTTP (see
+gateway/errors.py), which still carries aiohttp's own `Server`.
 
 WebSocket upgrades get no CORS protection from browsers (any page may open a socket to any
 host), so the WebSocket handler asks `check_websocket_origin` before upgrading. Allowed: a
@@ -41,6 +45,7 @@ from gateway.keys import SETTINGS
 
 __all__ = [
     "SECURITY_HEADERS",
+    "SERVER",
     "check_websocket_origin",
     "on_response_prepare",
     "preflight_middleware",
@@ -52,6 +57,8 @@ SECURITY_HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
+# Names the service, not the software and versions a scanner would match against advisories.
+SERVER: Final = "inergize-analytics"
 # Two years with subdomains: the value the HSTS preload list asks for.
 _HSTS: Final = "max-age=63072000; includeSubDomains"
 _ALLOWED_METHODS: Final = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -115,6 +122,8 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     headers = response.headers
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)
+    # Assigned, not defaulted: aiohttp sets its own before this hook runs.
+    headers[hdrs.SERVER] = SERVER
     if _is_tls(request):
         headers.setdefault("Strict-Transport-Security", _HSTS)
     if request.headers.get(hdrs.ORIGIN):

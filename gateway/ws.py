@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway import ratelimit
+from gateway import ratelimit, requestid, security
 from gateway.auth import LEEWAY_S, verify_token
 from gateway.bodies import SERVER_OPTIONS
 from gateway.errors import ApiError, http_error
@@ -70,6 +70,11 @@ def create_ws_app(main: web.Application) -> web.Application:
     # middleware: any middleware (and the one aiohttp then adds) keeps a coroutine frame alive
     # for the length of every WebSocket session.
     app.router.add_route("*", "/{tail:.*}", _unrouted)
+    # Signal hooks, not middlewares (see above): every answer of this port, the refusals
+    # before an upgrade and the 101 itself, carries X-Request-ID, the security headers and
+    # the neutral Server header, as on HTTP_PORT.
+    app.on_response_prepare.append(requestid.on_response_prepare)
+    app.on_response_prepare.append(security.on_response_prepare)
     app.on_shutdown.append(_close_sessions)
     return app
 
