@@ -19,10 +19,12 @@ import pytest
 from gateway.cache import CACHE_TIMEOUT_S, ApiCache
 from pipeline.runner import Delivery
 from pipeline.stages.rollup import RollupStage
+from pipeline.stages.store import to_datetime
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
 from sinks.aggregations import refresh_aggregations
 from sinks.cache_generations import entry_key, generation_key, invalidate
+from sinks.rollups import watermark
 from tests.api_support import (
     HOUR_US,
     ApiEnv,
@@ -129,7 +131,16 @@ async def test_a_late_events_rollup_recompute_makes_the_cached_series_a_miss(env
     _, stale, h3 = await env.get(PROFILE, user, **params)
     _, _, h4 = await env.get(PROFILE, user, **params)
     assert (h3["X-Cache"], h4["X-Cache"]) == ("miss", "hit")
-    assert stale["totals"]["profileViews"] == 2  # the bucket still comes from the old rollup
+    async with env.pool.acquire() as conn:
+        mark = await watermark(conn, "profile_metrics_hourly")
+    if mark is None or mark > to_datetime(late_us):
+        # The bucket still comes from the old rollup: the Apache edition's table, or the full
+        # edition's materialisation below the watermark.
+        assert stale["totals"]["profileViews"] == 2
+    else:
+        # Full edition, a bucket that has not ended by the server's clock (the pinned NOW may
+        # be ahead of it): computed from raw rows at query time, so never stale.
+        assert stale["totals"]["profileViews"] == 5
 
     dead = await RollupStage(env.pool, env.redis)([await _delivery_touching(env, user)])
     assert dead == []

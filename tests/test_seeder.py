@@ -111,9 +111,10 @@ async def test_clear_removes_only_seeded_rows(scratch_db: ScratchDb) -> None:
             real,
         )
         await conn.execute(
-            "INSERT INTO user_goals (user_id, metric, target_value, deadline) "
-            "VALUES ('real-user', 'connections', 10, $1)",
+            "INSERT INTO user_goals (user_id, metric, target_value, deadline, starts_at) "
+            "VALUES ('real-user', 'connections', 10, $1, $2)",
             UNTIL + timedelta(days=1),
+            UNTIL,
         )
         assert len(await seed_status(conn)) == 1
         removed = await clear(conn)
