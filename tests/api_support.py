@@ -34,7 +34,7 @@ from pipeline.stages.store import to_datetime
 from schemas.events import EVENT_TYPES, StreamEvent, stream_event_encoder
 from schemas.settings import Settings
 from schemas.streams import events_stream
-from sinks.db import create_pool
+from sinks.db import Conn, create_pool
 from sinks.rollups import level
 from tests.streams_helpers import make_event
 
@@ -166,7 +166,7 @@ def fixed_clock(now: datetime) -> Clock:
     return lambda: now
 
 
-async def rollup_storage(conn: asyncpg.Connection, rollup: str) -> str:
+async def rollup_storage(conn: Conn, rollup: str) -> str:
     """Where a rollup's rows are stored: the rollup table (Apache edition), or the hypertable
     that holds a continuous aggregate's materialisation (full edition; the view itself also
     shows raw rows past its watermark and cannot be updated)."""
