@@ -183,10 +183,12 @@ async def test_wrong_content_type_unknown_ids_and_the_goal_cap(env: ApiEnv, now:
         status, _, _ = await env.get(f"{GOALS}/{goal_id}", user)
         assert status == 404
     async with env.pool.acquire() as conn:
+        # starts_at is the pinned instant, not the database's now(): the CHECK deadline >
+        # starts_at then holds on whatever day the suite runs.
         await conn.executemany(
-            "INSERT INTO user_goals (user_id, metric, target_value, deadline) "
-            "VALUES ($1, 'followers', $2, $3)",
-            [(user, float(i), now + timedelta(days=1)) for i in range(MAX_GOALS_PER_USER)],
+            "INSERT INTO user_goals (user_id, metric, target_value, deadline, starts_at) "
+            "VALUES ($1, 'followers', $2, $3, $4)",
+            [(user, float(i), now + timedelta(days=1), now) for i in range(MAX_GOALS_PER_USER)],
         )
     body = {"metric": "followers", "targetValue": 1, "deadline": in_days(now, 1)}
     status, error, _ = await env.call("POST", GOALS, user, json=body)
