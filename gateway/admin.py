@@ -25,7 +25,6 @@ and an event that fails again is a new letter that must be replayable again.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import asyncpg
@@ -39,8 +38,8 @@ from gateway.auth import require_role
 from gateway.errors import ApiError
 from gateway.keys import REDIS, SETTINGS
 from migrations import runner
+from schemas.dead_letters import LETTER_META, letter_events, parse_stream_id, text
 from schemas.errors import MigrationError
-from schemas.events import stream_event_decoder
 from schemas.settings import Settings
 from schemas.streams import (
     DLQ_STREAM,
@@ -70,13 +69,12 @@ return {id, 1}
 # lost would be appended again, which the hypertables' unique index on event_id still absorbs
 # (DESIGN.md 2), so the marks (a few dozen bytes per replayed letter) need not live forever.
 _REPLAY_MARK_TTL_S: Final = 7 * 86400
-_ENTRY_ID: Final = re.compile(r"^\d{1,20}-\d{1,20}$")
 _PAGE_DEFAULT: Final = 50
+_U64_MAX: Final = (1 << 64) - 1
 _PAGE_MAX: Final = 500
 # One replay call handles at most this many letters, so it answers in bounded time; `more`
 # tells the operator to call again.
 _REPLAY_MAX: Final = 10_000
-_META: Final = ("stream", "entry_id", "group", "stage", "reason", "deliveries", "failed_at_ms")
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,47 +85,23 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
 _replay_decoder: Final = msgspec.json.Decoder(ReplayRequest)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _events(fields: dict[bytes, bytes]) -> list[tuple[str | None, bytes]]:
-    """(event_id, msgpack payload) of each event a letter holds; event_id None if unknown."""
-    if b"payload" in fields:
-        payload = fields[b"payload"]
-        try:
-            return [(stream_event_decoder.decode(payload).event_id, payload)]
-        except msgspec.DecodeError:
-            return [(None, payload)]
-    out: list[tuple[str | None, bytes]] = []
-    for key, value in fields.items():
-        name = _text(key)
-        if name.startswith("f") and ":" in name:
-            out.append((name.partition(":")[2], value))
-    return out
-
-
 def _describe(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
     letter: dict[str, Any] = {"id": entry_id}
-    for name in _META:
+    for name in LETTER_META:
         raw = fields.get(name.encode())
-        value: Any = None if raw is None else _text(raw)
+        value: Any = None if raw is None else text(raw)
         if name in ("deliveries", "failed_at_ms") and value is not None:
             value = int(value) if value.isdigit() else None
         letter[name] = value
     letter["kind"] = "event" if b"payload" in fields else "entry"
-    events: list[dict[str, Any]] = []
-    for event_id, payload in _events(fields):
-        try:
-            e = stream_event_decoder.decode(payload)
-            events.append({"event_id": e.event_id, "user_id": e.user_id, "type": e.type})
-        except msgspec.DecodeError:
-            events.append({"event_id": event_id, "user_id": None, "type": None})
-    letter["events"] = events
+    letter["events"] = [
+        {"event_id": e.event_id, "user_id": e.user_id, "type": e.type}
+        for e in letter_events(fields)
+    ]
     return letter
 
 
@@ -154,7 +128,9 @@ def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= hi:
+    # ASCII digits and a bounded length before int(): `isdigit()` also accepts `²`, which
+    # int() refuses, and int() of thousands of digits is slow on purpose.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= hi:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer 1..{hi}", name)
     return int(raw)
 
@@ -164,32 +140,42 @@ async def list_dlq(request: web.Request) -> web.Response:
     require_role(request, "admin")
     limit = _int_param(request, "limit", _PAGE_DEFAULT, _PAGE_MAX)
     after = request.query.get("after")
-    if after is not None and not _ENTRY_ID.match(after):
-        raise ApiError(400, "invalid_parameter", "after must be a stream id such as 1-0", "after")
+    position = None if after is None else parse_stream_id(after)
+    if after is not None and position is None:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            "after must be a stream id such as 1-0 (64-bit parts)",
+            "after",
+        )
     redis = request.app[REDIS]
     try:
-        rows: Any = await redis.xrange(
-            DLQ_STREAM, min=f"({after}" if after else "-", count=limit + 1
+        # Nothing follows the largest id, and Redis refuses an exclusive range after it.
+        last = position == (_U64_MAX, _U64_MAX)
+        rows: Any = (
+            []
+            if last
+            else await redis.xrange(DLQ_STREAM, min=f"({after}" if after else "-", count=limit + 1)
         )
         total = await redis.xlen(DLQ_STREAM)
     except RedisError as e:
         raise ApiError(503, "redis_unavailable", "the event store is unavailable") from e
     page = rows[:limit]
-    letters = [_describe(_text(entry_id), dict(fields)) for entry_id, fields in page]
+    letters = [_describe(text(entry_id), dict(fields)) for entry_id, fields in page]
     more = len(rows) > limit
     return _json({"total": total, "letters": letters, "next": letters[-1]["id"] if more else None})
 
 
 def _target(settings: Settings, fields: dict[bytes, bytes]) -> tuple[int, str] | str:
     """(partition, stream) a letter goes back to, or why it cannot be replayed."""
-    events = _events(fields)
-    if not events or any(event_id is None for event_id, _ in events):
+    events = letter_events(fields)
+    users = [e.user_id for e in events]
+    if not users or None in users:
         return "its events cannot be decoded"
     if b"payload" in fields:
-        user_id = stream_event_decoder.decode(events[0][1]).user_id
-        p = partition_of(user_id, settings.stream_partitions)
+        p = partition_of(str(users[0]), settings.stream_partitions)
         return p, events_stream(p)
-    stream = _text(fields.get(b"stream", b""))
+    stream = text(fields.get(b"stream", b""))
     for p in range(settings.stream_partitions):
         if events_stream(p) == stream:
             return p, stream
@@ -205,15 +191,15 @@ async def append_letter(
     if isinstance(target, str):
         return target
     partition, stream = target
-    events = _events(fields)
+    events = letter_events(fields)
     args: list[Any] = [_REPLAY_MARK_TTL_S, len(events)]
-    for event_id, payload in events:
-        args += [event_id, payload]
+    for e in events:
+        args += [e.event_id, e.payload]
     keys = [replay_mark_key(partition, entry_id), stream, backlog_key(partition)]
     new_id, fresh = await redis.eval(REPLAY_APPEND_LUA, len(keys), *keys, *args)
     return {
         "stream": stream,
-        "new_entry_id": _text(new_id),
+        "new_entry_id": text(new_id),
         "events": len(events),
         "fresh": bool(fresh),
     }
@@ -253,8 +239,8 @@ async def _letters(request: web.Request, body: ReplayRequest) -> tuple[list[Any]
     newest: Any = await redis.xrevrange(DLQ_STREAM, count=1)
     if not newest:
         return [], False
-    rows: Any = await redis.xrange(DLQ_STREAM, max=_text(newest[0][0]), count=_REPLAY_MAX + 1)
-    return [(_text(e), f) for e, f in rows[:_REPLAY_MAX]], len(rows) > _REPLAY_MAX
+    rows: Any = await redis.xrange(DLQ_STREAM, max=text(newest[0][0]), count=_REPLAY_MAX + 1)
+    return [(text(e), f) for e, f in rows[:_REPLAY_MAX]], len(rows) > _REPLAY_MAX
 
 
 @routes.post("/admin/dlq/replay")
@@ -266,7 +252,7 @@ async def replay(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", str(e), "$") from None
     if body.all == (body.ids is not None):
         raise ApiError(422, "invalid_body", 'give either "ids" or "all": true', "$")
-    bad = next((i for i in body.ids or [] if not _ENTRY_ID.match(i)), None)
+    bad = next((i for i in body.ids or [] if parse_stream_id(i) is None), None)
     if bad is not None:
         raise ApiError(422, "invalid_body", f"{bad!r} is not a stream id", "$.ids")
     if len(body.ids or []) > _REPLAY_MAX:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -19,7 +20,7 @@ from aiohttp import web
 from gateway.api import API, cached, connection, parse_int, reader
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
-from schemas.events import EVENT_TYPES
+from schemas.events import EVENT_ID_PATTERN, EVENT_TYPES
 from sinks.queries import feed_page
 
 __all__ = ["decode_cursor", "encode_cursor", "routes"]
@@ -28,6 +29,9 @@ routes = web.RouteTableDef()
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
+# A cursor names an event id as ingest accepts them; anything else (U+0000 would reach SQL)
+# is not one this API issued.
+_EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
 _LIMIT_DEFAULT: Final = 50
 _LIMIT_MAX: Final = 200
 
@@ -42,7 +46,8 @@ def decode_cursor(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         time_us, event_id = orjson.loads(raw)
-        if type(time_us) is int and type(event_id) is str and 0 < len(event_id) <= 128:
+        ok_id = type(event_id) is str and len(event_id) <= 128 and _EVENT_ID.match(event_id)
+        if type(time_us) is int and ok_id:
             return _EPOCH + time_us * _US, event_id
     except (binascii.Error, ValueError, TypeError, OverflowError):
         pass  # every malformed token gets the same answer below

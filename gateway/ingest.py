@@ -16,14 +16,21 @@ rejected item, since lines do not depend on each other.
 else a time-ordered UUIDv7 assigned here. An id seen in the dedup window answers `duplicate` and
 is not appended again: retrying a request is always safe.
 
-**`?wait=true[&timeout=s]`** answers 200 with the same body only once every accepted or
-duplicate event is committed in TimescaleDB, or 504 `commit_timeout` listing the `pending` ids
-(they stay in flight and will be stored).
+**`?wait=true[&timeout=s]`** (0.1 to 60 s, default 10) answers 200 with the same body once
+every accepted or duplicate event is committed in TimescaleDB, 422 `dead_lettered` as soon as
+the rest are committed and some were dead-lettered by a worker (with each letter's reason), or
+504 `commit_timeout` listing the `pending` ids (they stay in flight); see `ingest_wait.py`.
+
+**Checks at the gateway.** Every check that needs no state runs here, before an event is
+accepted: the envelope (msgspec: types, id and user id rules, time bounds), and the properties
+and value against the event's type (`schemas/event_checks.py`: JSON that PostgreSQL can store,
+snapshot figures present and in range, counts whole). A failure is a 422 naming the field.
+Bodies that are not JSON, nest too deeply or hold invalid UTF-8 are a 400. The workers'
+dead-letter queue is left for what only they can know.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -32,7 +39,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import asyncpg
 import msgspec
 import orjson
 from aiohttp import web
@@ -42,8 +48,10 @@ from gateway.appender import AppendStatus
 from gateway.auth import Principal, authenticate
 from gateway.bodies import read_body
 from gateway.errors import ApiError, error_body
-from gateway.keys import APPENDER, DB_POOL, SETTINGS
+from gateway.ingest_wait import WAIT_MAX_S, WAIT_MIN_S, dlq_position, wait_for_fate
+from gateway.keys import APPENDER, REDIS, SETTINGS
 from gateway.metrics import INGEST_EVENTS
+from schemas.event_checks import Problem, checked_properties
 from schemas.events import (
     MAX_FUTURE_SKEW_S,
     MAX_PROPERTIES_BYTES,
@@ -69,10 +77,7 @@ _batch_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
-# Commit polling: often enough to add little latency, rarely enough to cost the DB little.
-_POLL_S: Final = 0.025
 _WAIT_DEFAULT_S: Final = 10.0
-_WAIT_MAX_S: Final = 60.0
 _RETRY_AFTER: Final = {"Retry-After": "1"}
 # PostgreSQL's jsonb cannot store U+0000: such properties would fail in the worker, later and
 # for the whole batch, so they are refused here.
@@ -114,18 +119,23 @@ def _require_media_type(request: web.Request, allowed: Sequence[str]) -> str:
 def _wait_timeout(request: web.Request) -> float | None:
     """Seconds to wait for the commit if `?wait=true`, else None."""
     wait = request.query.get("wait", "false").lower()
+    raw = request.query.get("timeout")
     if wait in ("false", "0", "no", ""):
+        if raw is not None:
+            raise ApiError(400, "invalid_parameter", "timeout needs wait=true", "timeout")
         return None
     if wait not in ("true", "1", "yes"):
         raise ApiError(400, "invalid_parameter", "wait must be true or false", "wait")
-    raw = request.query.get("timeout")
     try:
         timeout = _WAIT_DEFAULT_S if raw is None else float(raw)
     except ValueError:
         timeout = math.nan
-    if not 0 < timeout <= _WAIT_MAX_S:  # also refuses nan
+    if not WAIT_MIN_S <= timeout <= WAIT_MAX_S:  # also refuses nan
         raise ApiError(
-            400, "invalid_parameter", f"timeout must be seconds in (0, {_WAIT_MAX_S:g}]", "timeout"
+            400,
+            "invalid_parameter",
+            f"timeout must be seconds from {WAIT_MIN_S:g} to {WAIT_MAX_S:g}",
+            "timeout",
         )
     return timeout
 
@@ -168,16 +178,22 @@ def _time_us(event: EventIn, path: str, received_us: int, retention_days: int) -
 
 
 def _properties(event: EventIn, path: str) -> bytes:
+    """The properties as stored, once the event passed the stateless checks the worker would
+    otherwise dead-letter it for (`schemas/event_checks.py`): 422 naming the field."""
     properties = bytes(event.properties)
     if properties[:1] != b"{":
-        problem = "properties must be a JSON object"
+        problem = Problem("properties", "properties must be a JSON object")
     elif len(properties) > MAX_PROPERTIES_BYTES:
-        problem = f"properties exceed {MAX_PROPERTIES_BYTES} bytes"
+        problem = Problem("properties", f"properties exceed {MAX_PROPERTIES_BYTES} bytes")
     elif _NUL_ESCAPE in properties and _has_nul(properties):
-        problem = "properties must not contain \\u0000"
+        problem = Problem("properties", "properties must not contain \\u0000")
     else:
-        return properties
-    raise ApiError(422, "invalid_properties", problem, f"{path}.properties")
+        checked = checked_properties(event.type, event.value, properties)
+        if not isinstance(checked, Problem):
+            return properties
+        problem = checked
+    code = "invalid_value" if problem.field == "value" else "invalid_properties"
+    raise ApiError(422, code, problem.message, f"{path}.{problem.field}")
 
 
 def _to_stream_event(
@@ -206,11 +222,20 @@ def _to_stream_event(
     )
 
 
-def _schema_error(e: msgspec.DecodeError, prefix: str) -> ApiError:
-    message, field = split_error(e, prefix)
-    if isinstance(e, msgspec.ValidationError):
-        return ApiError(422, "invalid_event", message, field)
-    return ApiError(400, "malformed_json", message, field)
+# What decoding a body may raise besides msgspec's own errors: msgspec raises RecursionError
+# past its nesting limit and UnicodeDecodeError for invalid UTF-8 inside a string it decodes.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+
+
+def _schema_error(e: Exception, prefix: str) -> ApiError:
+    if isinstance(e, msgspec.DecodeError):
+        message, field = split_error(e, prefix)
+        if isinstance(e, msgspec.ValidationError):
+            return ApiError(422, "invalid_event", message, field)
+        return ApiError(400, "malformed_json", message, field)
+    if isinstance(e, UnicodeDecodeError):
+        return ApiError(400, "malformed_json", f"invalid UTF-8 at byte {e.start}", prefix)
+    return ApiError(400, "malformed_json", "JSON is nested too deeply", prefix)
 
 
 async def _check_backlog(request: web.Request) -> None:
@@ -236,61 +261,18 @@ def _redis_down(e: RedisError) -> ApiError:
     )
 
 
+async def _dlq_position(request: web.Request) -> str:
+    try:
+        return await dlq_position(request.app[REDIS])
+    except RedisError as e:
+        raise _redis_down(e) from e
+
+
 async def _append(request: web.Request, events: Sequence[StreamEvent]) -> list[AppendStatus]:
     try:
         return await request.app[APPENDER].append(events)
     except RedisError as e:
         raise _redis_down(e) from e
-
-
-_COMMITTED_SQL: Final = """
-SELECT user_id, event_id FROM real_time_events
-WHERE (user_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND time >= $3
-"""
-
-
-async def _wait_committed(
-    request: web.Request,
-    events: Sequence[StreamEvent],
-    statuses: Sequence[AppendStatus],
-    wait_s: float,
-) -> None:
-    """Return once every event is in real_time_events; ApiError(504) listing the rest."""
-    horizon_us = int(request.app[APPENDER].remembered_s * 1e6)
-    pending: dict[tuple[str, str], int] = {}
-    for event, status in zip(events, statuses, strict=True):
-        # A duplicate whose time defaulted to this receipt was stored with its first receipt
-        # time, which dedup remembered for at most `remembered_s`.
-        defaulted = status == "duplicate" and event.time_us == event.received_us
-        bound = event.time_us - horizon_us if defaulted else event.time_us
-        key = (event.user_id, event.event_id)
-        pending[key] = min(bound, pending.get(key, bound))
-    try:
-        async with asyncio.timeout(wait_s):
-            pool = await request.app[DB_POOL]()
-            while True:
-                users, ids = zip(*pending, strict=True)
-                since = _EPOCH + timedelta(microseconds=min(pending.values()))
-                for row in await pool.fetch(_COMMITTED_SQL, list(users), list(ids), since):
-                    pending.pop((row["user_id"], row["event_id"]), None)
-                if not pending:
-                    return
-                await asyncio.sleep(_POLL_S)
-    except TimeoutError:
-        raise ApiError(
-            504,
-            "commit_timeout",
-            f"{len(pending)} events not committed within {wait_s:g} s; they remain in flight",
-            extra={"pending": list(dict.fromkeys(event_id for _, event_id in pending))},
-        ) from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        log.warning("database unavailable", extra={"error": repr(e)})
-        raise ApiError(
-            503,
-            "database_unavailable",
-            "cannot confirm commits: TimescaleDB unreachable; the events were accepted",
-            headers=_RETRY_AFTER,
-        ) from e
 
 
 @routes.post("/ingest/event")
@@ -310,7 +292,7 @@ async def ingest_event(request: web.Request) -> web.Response:
             if body.lstrip()[:1] != b"{":
                 raise ApiError(400, "not_an_object", split_error(e)[0], "$") from None
             raise _schema_error(e, "$") from None
-        except msgspec.DecodeError as e:
+        except _DECODE_ERRORS as e:
             raise _schema_error(e, "$") from None
         event = _to_stream_event(
             event_in,
@@ -323,10 +305,11 @@ async def ingest_event(request: web.Request) -> web.Response:
     except ApiError:
         INGEST_EVENTS.labels("rejected").inc()
         raise
+    dlq_from = await _dlq_position(request) if timeout is not None else ""
     statuses = await _append(request, [event])
     INGEST_EVENTS.labels(statuses[0]).inc()
     if timeout is not None:
-        await _wait_committed(request, [event], statuses, timeout)
+        await wait_for_fate(request, [event], statuses, timeout, dlq_from)
     return _json(
         {"event_id": event.event_id, "status": statuses[0]}, 202 if timeout is None else 200
     )
@@ -339,14 +322,14 @@ def _split_batch(body: bytes, media: str, max_batch: int) -> list[EventIn | byte
     else:
         try:
             items = list(_batch_fast_decoder.decode(body))
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             items = []
         try:
             items = items or list(_batch_decoder.decode(body))
         except msgspec.ValidationError as e:
             raise ApiError(400, "not_an_array", split_error(e)[0], "$") from None
-        except msgspec.DecodeError as e:
-            raise ApiError(400, "malformed_json", split_error(e)[0], "$") from None
+        except _DECODE_ERRORS as e:
+            raise _schema_error(e, "$") from None
     if len(items) > max_batch:
         raise ApiError(
             413, "too_many_events", f"{len(items)} events exceed the limit of {max_batch}", "$"
@@ -380,7 +363,7 @@ async def ingest_events(request: web.Request) -> web.Response:
                 settings=settings,
                 received_us=received_us,
             )
-        except msgspec.DecodeError as e:
+        except _DECODE_ERRORS as e:
             error = _schema_error(e, path)
         except ApiError as e:
             error = e
@@ -397,6 +380,7 @@ async def ingest_events(request: web.Request) -> web.Response:
             }
         )
 
+    dlq_from = await _dlq_position(request) if timeout is not None and events else ""
     statuses = await _append(request, events) if events else []
     for position, status in zip(positions, statuses, strict=True):
         results[position]["status"] = status
@@ -413,6 +397,6 @@ async def ingest_events(request: web.Request) -> web.Response:
     if not events:
         return _json(body_out, 422)
     if timeout is not None:
-        await _wait_committed(request, events, statuses, timeout)
+        await wait_for_fate(request, events, statuses, timeout, dlq_from)
         return _json(body_out, 200)
     return _json(body_out, 202)

@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import metrics
+from schemas.dead_letters import letter_fields
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM
 
@@ -383,20 +384,17 @@ class Runner:
         async with self.redis.pipeline(transaction=False) as pipe:
             for item in dead:
                 d = item.delivery
-                entry: dict[Any, Any] = {
-                    "stream": d.stream,
-                    "entry_id": d.entry_id,
-                    "group": self.group,
-                    "stage": item.stage,
-                    "reason": item.reason[:2000],
-                    "deliveries": d.deliveries,
-                    "failed_at_ms": int(time.time() * 1000),
-                }
-                if item.payload:
-                    entry["payload"] = item.payload
-                else:
-                    for i, (k, v) in enumerate(d.fields):
-                        entry[f"f{i}:{_text(k)}"] = v
+                entry = letter_fields(
+                    stream=d.stream,
+                    entry_id=d.entry_id,
+                    group=self.group,
+                    stage=item.stage,
+                    reason=item.reason,
+                    deliveries=d.deliveries,
+                    failed_at_ms=int(time.time() * 1000),
+                    payload=item.payload,
+                    entry=d.fields,
+                )
                 pipe.xadd(DLQ_STREAM, entry)  # type: ignore[unused-awaitable]
             await pipe.execute()
         metrics.DEAD_LETTERS.labels(self.stage).inc(len(dead))

@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal, get_args
 import msgspec
 
 __all__ = [
+    "EVENT_ID_PATTERN",
     "EVENT_TYPES",
     "MAX_FUTURE_SKEW_S",
     "MAX_PROPERTIES_BYTES",
@@ -68,7 +69,10 @@ def is_user_id(value: str) -> bool:
     return len(value) <= USER_ID_MAX_LENGTH and _USER_ID.match(value) is not None
 
 
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Any printable text: control characters (U+0000 above all, which PostgreSQL's text cannot
+# hold) would fail the row in the worker, later and for its whole batch.
+EVENT_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]+\Z"
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=EVENT_ID_PATTERN)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 # Increments are counts; a negative one would silently corrupt every sum downstream.
 Value = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
@@ -77,13 +81,30 @@ Value = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 class EventIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One event as a producer sends it. Unknown fields are refused so typos surface at once."""
 
-    user_id: UserId
+    # The descriptions and the `properties` object type are published in /openapi.json
+    # (gateway/openapi_bodies.py); they state checks the gateway makes after decoding.
+    user_id: Annotated[UserId, msgspec.Meta(description="a user token may send only its own")]
     type: EventType
-    event_id: EventId | None = None
-    time: AwareTime | None = None
+    event_id: Annotated[
+        EventId | None,
+        msgspec.Meta(description="deduplicates retries; default: Idempotency-Key, else a UUIDv7"),
+    ] = None
+    time: Annotated[
+        AwareTime | None,
+        msgspec.Meta(
+            description=f"at most {MAX_FUTURE_SKEW_S:g} s ahead of the gateway's clock, at most "
+            "RETENTION_DAYS behind it; default: when the gateway received it"
+        ),
+    ] = None
     value: Value = 1.0
     # Kept as raw JSON: it is stored as jsonb unchanged, so decoding it here would be wasted.
-    properties: msgspec.Raw = msgspec.Raw(b"{}")
+    properties: Annotated[
+        msgspec.Raw,
+        msgspec.Meta(
+            description=f"at most {MAX_PROPERTIES_BYTES} bytes of JSON, without \\u0000",
+            extra_json_schema={"type": "object"},
+        ),
+    ] = msgspec.Raw(b"{}")
 
 
 class StreamEvent(msgspec.Struct, frozen=True, array_like=True):

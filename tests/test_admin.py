@@ -143,11 +143,47 @@ async def test_dlq_lists_letters_with_reasons_page_by_page(
     assert event["type"] == "profile_snapshot" and event["user_id"] == user_on(0)
 
 
-async def test_dlq_refuses_bad_parameters(make_client: MakeClient) -> None:
+U64 = (1 << 64) - 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("limit", "0"),
+        ("limit", "x"),
+        ("limit", "501"),
+        ("limit", "\u00b2"),  # isdigit() says yes, int() says no
+        ("limit", "9" * 5000),
+        ("after", "abc"),
+        # Found by a fuzzer: twenty digits, but past 64 bits, reached Redis and answered 503.
+        ("after", "76232935475048196500-012776641190"),
+        ("after", f"{U64 + 1}-0"),
+        ("after", f"0-{U64 + 1}"),
+        ("after", "\u0661-0"),  # an Arabic-Indic digit: a Unicode digit, not an ASCII one
+        ("after", "1-0\n"),
+    ],
+)
+async def test_dlq_refuses_bad_parameters_naming_them(
+    make_client: MakeClient, name: str, value: str
+) -> None:
     client = await make_client()
-    for query in ({"limit": "0"}, {"limit": "x"}, {"limit": "501"}, {"after": "abc"}):
-        response = await client.get("/admin/dlq", params=query, headers=bearer())
-        assert response.status == 400, query
+    response = await client.get("/admin/dlq", params={name: value}, headers=bearer())
+    assert response.status == 400, (name, value)
+    body = await response.json()
+    assert (body["error"]["code"], body["error"]["field"]) == ("invalid_parameter", name)
+
+
+async def test_dlq_pages_up_to_the_largest_stream_id(
+    make_client: MakeClient, ops_redis: Redis
+) -> None:
+    [letter] = await dead_letter(ops_redis, one_event_letter(0))
+    client = await make_client()
+    for after, expected in ((f"{U64}-{U64}", []), (f"{U64}-0", []), ("0-0", [letter])):
+        response = await client.get("/admin/dlq", params={"after": after}, headers=bearer())
+        assert response.status == 200, after
+        body = await response.json()
+        assert [x["id"] for x in body["letters"]] == expected
+        assert body["total"] == 1
 
 
 async def test_replay_appends_once_and_removes_the_letter(
@@ -267,7 +303,14 @@ async def test_undecodable_letters_stay_in_the_dlq(
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"ids": ["1-0"], "all": True}, {"ids": ["nope"]}, {"all": True, "x": 1}, "not json"],
+    [
+        {},
+        {"ids": ["1-0"], "all": True},
+        {"ids": ["nope"]},
+        {"ids": ["76232935475048196500-0"]},
+        {"all": True, "x": 1},
+        "not json",
+    ],
 )
 async def test_replay_refuses_bad_bodies(make_client: MakeClient, body: Any) -> None:
     client = await make_client()

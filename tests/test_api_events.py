@@ -122,7 +122,13 @@ async def test_type_filter(env: ApiEnv) -> None:
 def test_cursor_round_trip_and_tampering() -> None:
     t = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
     assert decode_cursor(encode_cursor(t, "ev-1")) == (t, "ev-1")
-    for bad in ["", "!!!", encode_cursor(t, "ev-1")[:-3], "WzEsMl0", "eyJhIjoxfQ"]:
+    # U+0000 in the event id reached PostgreSQL (a 500 found by a fuzzer); so would a newline.
+    forged = [
+        encode_cursor(t, "ev\u00001"),
+        encode_cursor(t, "ev-1\n"),
+        encode_cursor(t, "x" * 129),
+    ]
+    for bad in ["", "!!!", encode_cursor(t, "ev-1")[:-3], "WzEsMl0", "eyJhIjoxfQ", *forged]:
         with pytest.raises(ApiError) as caught:
             decode_cursor(bad)
         assert caught.value.field == "cursor" and caught.value.status == 400

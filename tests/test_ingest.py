@@ -22,9 +22,10 @@ from gateway.app import create_app
 from gateway.auth import mint_token
 from gateway.ingest import uuid7
 from migrations import runner
-from schemas.events import StreamEvent, stream_event_decoder
+from pipeline.runner import DeadLetter, Delivery, Runner
+from schemas.events import StreamEvent, stream_event_decoder, stream_event_encoder
 from schemas.settings import Settings
-from schemas.streams import backlog_key, events_stream, partition_of
+from schemas.streams import DLQ_STREAM, backlog_key, events_stream, partition_of
 from sinks.db import connect
 from tests.conftest import TEST_REDIS_URL, settings_for
 
@@ -304,6 +305,37 @@ FIELD_ERRORS = [
         event(properties={"s": "a\u0000b"}), "invalid_properties", "$.properties", id="props-nul"
     ),
     pytest.param(event(foo=1), "invalid_event", "$.foo", id="unknown-field"),
+    pytest.param(event(event_id="a\u0000b"), "invalid_event", "$.event_id", id="event_id-nul"),
+    pytest.param(event(event_id="a\n"), "invalid_event", "$.event_id", id="event_id-newline"),
+    # What the worker used to dead-letter after a 202, now refused at once (event_checks).
+    pytest.param(
+        event(type="profile_snapshot"), "invalid_properties", "$.properties", id="snapshot-empty"
+    ),
+    pytest.param(
+        event(type="profile_snapshot", properties={"followers": 1.5}),
+        "invalid_properties",
+        "$.properties.followers",
+        id="snapshot-fraction",
+    ),
+    pytest.param(
+        event(type="profile_snapshot", properties={"profile_views": -1}),
+        "invalid_properties",
+        "$.properties.profile_views",
+        id="snapshot-negative",
+    ),
+    pytest.param(
+        event(type="profile_update", properties={"profile_completeness": 101}),
+        "invalid_properties",
+        "$.properties.profile_completeness",
+        id="completeness-101",
+    ),
+    pytest.param(
+        event(type="post_like", properties={"post_id": ""}),
+        "invalid_properties",
+        "$.properties.post_id",
+        id="post_id-empty",
+    ),
+    pytest.param(event(type="post_like", value=1.5), "invalid_value", "$.value", id="like-half"),
 ]
 
 
@@ -320,6 +352,70 @@ async def test_field_errors_are_422_and_append_nothing(
     assert rejected["error"]["code"] == code
     assert rejected["error"]["field"] == field.replace("$", "$[1]", 1)
     assert len(await all_events(redis)) == 1  # only the valid first item
+
+
+DEEP = b"[" * 1100 + b"]" * 1100
+HOSTILE_BODIES = [
+    # Each was a 500, or a 202 followed by a dead letter, before the gateway checked it. The
+    # last column: how the same item fares first in a batch (a nesting too deep for the
+    # decoder refuses the whole batch; anything else is that item's own result).
+    pytest.param(
+        b'{"user_id":"u1","type":"post_like","properties":{"n":1e400}}',
+        (422, "invalid_properties", "$.properties"),
+        "$[0].properties",
+        id="number-past-double",
+    ),
+    pytest.param(
+        b'{"user_id":"u1","type":"post_like","properties":{"s":"\xff"}}',
+        (422, "invalid_properties", "$.properties"),
+        "$[0].properties",
+        id="props-invalid-utf8",
+    ),
+    pytest.param(
+        b'{"user_id":"u1","type":"post_like","properties":{"a":' + DEEP + b"}}",
+        (400, "malformed_json", "$"),
+        None,
+        id="props-nested-1100",
+    ),
+    pytest.param(DEEP, (400, "not_an_object", "$"), None, id="top-nested-1100"),
+    pytest.param(
+        b'{"user_id":"u\xff","type":"post_like"}',
+        (400, "malformed_json", "$"),
+        "$[0]",
+        id="user_id-invalid-utf8",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "expected", "batch_field"), HOSTILE_BODIES)
+async def test_hostile_bodies_are_4xx_and_others_are_served_meanwhile(
+    client: Client,
+    redis: Redis,
+    body: bytes,
+    expected: tuple[int, str, str],
+    batch_field: str | None,
+) -> None:
+    headers = {**auth(), "Content-Type": "application/json"}
+    hostile, health, valid = await asyncio.gather(
+        client.post("/ingest/event", data=body, headers=headers),
+        client.get("/health"),
+        client.post("/ingest/event", json=event(event_id="fine"), headers=auth()),
+    )
+    await assert_error(hostile, *expected)
+    assert health.status == 200 and valid.status == 202
+    assert [e.event_id for e in await all_events(redis)] == ["fine"]
+
+    batch = b"[" + body + b"," + json.dumps(event(event_id="next")).encode() + b"]"
+    response = await client.post("/ingest/events", data=batch, headers=headers)
+    if batch_field is None:
+        await assert_error(response, 400, "malformed_json", "$")
+        assert len(await all_events(redis)) == 1
+        return
+    assert response.status == 202
+    first, second = (await response.json())["results"]
+    assert first["status"] == "rejected" and second["status"] == "accepted"
+    assert (first["error"]["code"], first["error"]["field"]) == (expected[1], batch_field)
+    assert [e.event_id for e in await all_events(redis)] == ["fine", "next"]
 
 
 async def test_escaped_backslash_before_u0000_is_not_a_nul(client: Client, redis: Redis) -> None:
@@ -656,8 +752,115 @@ async def test_wait_without_a_reachable_database_is_503(
     assert [e.event_id for e in await all_events(redis)] == ["w-3"]  # accepted all the same
 
 
-@pytest.mark.parametrize("query", ["wait=maybe", "wait=true&timeout=0", "wait=true&timeout=61"])
-async def test_bad_wait_parameters_are_400(client: Client, redis: Redis, query: str) -> None:
-    response = await client.post(f"/ingest/event?{query}", json=event(), headers=auth())
-    await assert_error(response, 400, "invalid_parameter")
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("wait=maybe", "wait"),
+        ("wait=true&timeout=0", "timeout"),
+        # Found by a fuzzer: accepted, then a 504 before any worker could have committed.
+        ("wait=true&timeout=5e-324", "timeout"),
+        ("wait=true&timeout=0.05", "timeout"),
+        ("wait=true&timeout=61", "timeout"),
+        ("wait=true&timeout=nan", "timeout"),
+        ("wait=true&timeout=inf", "timeout"),
+        ("wait=true&timeout=-1", "timeout"),
+        ("timeout=5", "timeout"),  # a timeout without wait would be silently ignored
+    ],
+)
+async def test_bad_wait_parameters_are_400(
+    client: Client, redis: Redis, query: str, field: str
+) -> None:
+    for path, body in (("/ingest/event", event()), ("/ingest/events", [event()])):
+        response = await client.post(f"{path}?{query}", json=body, headers=auth())
+        await assert_error(response, 400, "invalid_parameter", field)
     assert await total_len(redis) == 0
+
+
+async def dead_letter_later(redis: Redis, count: int, reason: str, whole_entry: bool) -> None:
+    """After 200 ms, dead-letter the first `count` events found in the streams, with the
+    runner's own code: one letter per event, or one letter for their whole entry."""
+    await asyncio.sleep(0.2)
+    stored = (await all_events(redis))[:count]
+    assert len(stored) == count
+
+    async def never(batch: list[Delivery]) -> list[DeadLetter]:
+        raise AssertionError("not run")
+
+    runner = Runner(redis, settings_for(), "processor", [], never, "store")
+    fields = [(e.event_id.encode(), stream_event_encoder.encode(e)) for e in stored]
+    entry = Delivery(events_stream(0), "1-0", fields, deliveries=6)
+    if whole_entry:
+        letters = [DeadLetter(entry, reason, "store")]
+    else:
+        letters = [DeadLetter(entry, reason, "store", payload) for _, payload in fields]
+    await runner._dead_letter(letters)
+
+
+@pytest.mark.parametrize("whole_entry", [False, True], ids=["event-letter", "entry-letter"])
+async def test_wait_answers_422_as_soon_as_an_event_is_dead_lettered(
+    wait_client: Client, redis: Redis, whole_entry: bool
+) -> None:
+    """Before, the request waited out its timeout and said the event was still in flight."""
+    reason = "CheckViolationError: the database refused the row"
+    failing = asyncio.create_task(dead_letter_later(redis, 1, reason, whole_entry))
+    started = time.monotonic()
+    response = await wait_client.post(
+        "/ingest/event?wait=true&timeout=30", json=event(event_id="doomed"), headers=auth()
+    )
+    await failing
+    body = await assert_error(response, 422, "dead_lettered")
+    assert time.monotonic() - started < 10
+    [letter] = body["deadLettered"]
+    assert (letter["event_id"], letter["reason"], letter["stage"]) == ("doomed", reason, "store")
+    listed: Any = await redis.xrange(DLQ_STREAM)
+    assert letter["letter"] == listed[0][0].decode()
+
+
+async def test_wait_on_a_batch_reports_the_dead_letters_once_the_rest_is_committed(
+    wait_client: Client, redis: Redis, migrated: tuple[Settings, asyncpg.Connection]
+) -> None:
+    conn = migrated[1]
+    # A letter from before the request names an event id of this batch: not its fate.
+    await dead_letter_later(redis, 0, "old", whole_entry=False)
+
+    async def fates() -> None:
+        await dead_letter_later(redis, 1, "refused", whole_entry=False)
+        for e in (await all_events(redis))[1:]:
+            await store(conn, e)
+
+    settling = asyncio.create_task(fates())
+    response = await wait_client.post(
+        "/ingest/events?wait=true&timeout=30",
+        json=[event(event_id="x-dead"), event(event_id="x-kept")],
+        headers=auth(),
+    )
+    await settling
+    body = await assert_error(response, 422, "dead_lettered")
+    assert [d["event_id"] for d in body["deadLettered"]] == ["x-dead"]
+
+
+async def test_a_letter_for_another_event_does_not_end_the_wait(
+    wait_client: Client, redis: Redis, migrated: tuple[Settings, asyncpg.Connection]
+) -> None:
+    conn = migrated[1]
+
+    async def fates() -> None:
+        await asyncio.sleep(0.2)
+        other = StreamEvent("elsewhere", BOB, "post_like", 1, 1.0, b"{}", 1)
+        runner_fields = [(b"elsewhere", stream_event_encoder.encode(other))]
+        entry = Delivery(events_stream(1), "1-0", runner_fields, deliveries=1)
+
+        async def never(batch: list[Delivery]) -> list[DeadLetter]:
+            raise AssertionError("not run")
+
+        runner = Runner(redis, settings_for(), "processor", [], never, "store")
+        await runner._dead_letter([DeadLetter(entry, "not ours", "store")])
+        await store_later(redis, conn, 1)
+
+    settling = asyncio.create_task(fates())
+    response = await wait_client.post(
+        "/ingest/event?wait=true&timeout=30", json=event(event_id="w-ok"), headers=auth()
+    )
+    await settling
+    assert response.status == 200, await response.text()
+    assert await redis.xlen(DLQ_STREAM) == 1
