@@ -28,6 +28,7 @@ from gateway import (
     ratelimit,
     requestid,
     security,
+    seed_jobs,
     status,
     ws,
 )
@@ -85,6 +86,8 @@ def create_app(settings: Settings, *, clock: Clock = _wall_clock) -> web.Applica
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_db_ctx)
     app.cleanup_ctx.append(perf.perf_ctx)  # after the two above: it samples through them
+    # Seed runs are tasks of the app, cancelled in on_shutdown before Redis and the pool close.
+    seed_jobs.setup(app)
     if settings.ws_enabled:
         ws.setup(app)  # `/ws` and the fan-out, which needs the two contexts above
     return app

@@ -49,7 +49,6 @@ async def make_client(redis: Redis) -> AsyncIterator[MakeClient]:
 
     async def make(settings: Settings | None = None, **overrides: Any) -> Client:
         app = create_app(ops_settings(settings, **overrides), clock=lambda: UNTIL)
-        seed_jobs.setup(app)  # idempotent: a no-op where create_app has set it up
         server = TestServer(app)
         await server.start_server(**SERVER_OPTIONS)
         client: Client = TestClient(server)
