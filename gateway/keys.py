@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.appender import Appender
-from gateway.fanout import Fanout
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    # Types only: the appender and the fan-out import route modules that read these keys, so
+    # importing them here would close an import circle.
+    from gateway.appender import Appender
+    from gateway.fanout import Fanout
 
 __all__ = ["APPENDER", "CLOCK", "DB_POOL", "FANOUT", "REDIS", "SETTINGS", "Clock", "PoolGetter"]
 
@@ -19,7 +24,7 @@ SETTINGS = web.AppKey("settings", Settings)
 # One client (a BlockingConnectionPool) per process, shared by every route group.
 REDIS = web.AppKey("redis", Redis)
 # The group-commit appender of this process; see gateway/appender.py.
-APPENDER = web.AppKey("appender", Appender)
+APPENDER: web.AppKey[Appender] = web.AppKey("appender")
 
 # The pool opens on first use, so the gateway starts and ingests while TimescaleDB is down;
 # only the routes that read the database wait for it.
@@ -30,4 +35,4 @@ DB_POOL: web.AppKey[PoolGetter] = web.AppKey("db_pool")
 Clock = Callable[[], datetime]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 # The WebSocket fan-out of this process, shared by `/ws` here and `/` on WS_PORT.
-FANOUT = web.AppKey("fanout", Fanout)
+FANOUT: web.AppKey[Fanout] = web.AppKey("fanout")
