@@ -21,7 +21,7 @@ from gateway.api import API, cached, connection, parse_int, reader
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
 from schemas.events import EVENT_ID_PATTERN, EVENT_TYPES
-from sinks.queries import feed_page
+from sinks.queries.series import feed_page
 
 __all__ = ["decode_cursor", "encode_cursor", "routes"]
 

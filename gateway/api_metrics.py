@@ -43,7 +43,7 @@ from gateway.errors import ApiError
 from gateway.keys import CLOCK
 from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
-from sinks.queries import (
+from sinks.queries.series import (
     PROFILE_ROLLUPS,
     ROLLUP_MARGIN,
     aggregation_rows,

@@ -1,8 +1,9 @@
 """`GET /api/v1/metrics/summary`: a user's dashboard header in one answer.
 
-- `metrics`: every catalogue metric now, as the WebSocket pushes it (sinks/current_values.py's
-  definitions, computed per user by sinks/past_values.py, which tests hold equal to it), the
-  value it had one window (7 days) earlier, over the rows up to then, and the change;
+- `metrics`: every catalogue metric now, as the WebSocket pushes it
+  (sinks/queries/current_values.py's definitions, computed per user by sinks/queries/past_values.py,
+  which tests hold equal to it), the value it had one window (7 days) earlier, over the rows up to
+  then, and the change;
 - `influence`: the score now and a window earlier, `trend` (up, down, flat) and the daily
   score of the last 30 days (the last score stored each day);
 - `goals`: the active goals with their progress (gateway/api_goals.py).
@@ -23,8 +24,8 @@ from gateway.api_goals import goal_json
 from gateway.keys import CLOCK
 from schemas.metrics import CATALOGUE, CURRENT_WINDOW_DAYS
 from sinks.goals import list_goals
-from sinks.past_values import live_values, values_at
-from sinks.queries import ROLLUP_MARGIN, profile_series
+from sinks.queries.past_values import live_values, values_at
+from sinks.queries.series import ROLLUP_MARGIN, profile_series
 
 __all__ = ["routes", "trend"]
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway, and `GET /metrics`.
 
 `/metrics` serves prometheus_client's default registry: this module's metrics, the worker's
-(`pipeline/metrics.py`, `sinks/timescale.py`) when a worker runs in the same process
+(`pipeline/prom.py`, `sinks/timescale.py`) when a worker runs in the same process
 (`analytics up`), and the client's process and Python collectors (RSS, CPU, open files, GC).
 Stream, group and pool figures live in Redis and asyncpg, not in this process, so they are
 read when scraped, under a timeout: a scrape during a Redis outage still answers with

@@ -27,8 +27,8 @@ from gateway.ws_frames import EntryKey, id_key, metrics_frame, notice_frame
 from gateway.ws_metrics import SENT
 from gateway.ws_session import Session
 from schemas.ws import MetricsData
-from sinks.aggregation_values import aggregation_values
-from sinks.current_values import CurrentValues, current_values
+from sinks.queries.aggregation_values import aggregation_values
+from sinks.queries.current_values import CurrentValues, current_values
 
 __all__ = [
     "PoolGetter",

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from load.bench_api import bench_settings, ensure_seeded
-from sinks.current_values import current_values
 from sinks.db import Conn, connect
+from sinks.queries.current_values import current_values
 
 _BASELINE = """
 SELECT p.user_id, p.views, e.impressions

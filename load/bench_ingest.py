@@ -39,7 +39,7 @@ import orjson
 
 from gateway.auth import mint_token
 from migrations import runner
-from pipeline.stages.store import rows_for
+from pipeline.stages.rows import rows_for
 from pipeline.stages.validate import ValidEvent
 from pipeline.worker import open_redis
 from schemas.events import StreamEvent

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import redis.asyncio as redis
 
-from pipeline.metrics import BATCH_ROWS
+from pipeline.prom import BATCH_ROWS
 from pipeline.stages.rollup import ROLLUP_GROUP
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, events_stream

@@ -19,12 +19,12 @@ import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
 from pipeline.stages.enrich import read_scores, write_scores
-from pipeline.stages.store import rows_for, to_datetime
+from pipeline.stages.rows import rows_for, to_datetime
 from pipeline.stages.validate import ValidEvent, validate
 from schemas.metrics import metrics_changed_by
 from schemas.streams import METRICS_STREAM
 from sinks.cache_generations import invalidate
-from sinks.current_values import current_values
+from sinks.queries.current_values import current_values
 from sinks.timescale import write_batch
 
 __all__ = ["Processor", "metric_updates", "touched"]

@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline import metrics
+from pipeline import prom
 from schemas.dead_letters import letter_fields
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM
@@ -189,7 +189,7 @@ class Runner:
                 await self._sleep(backoff)
                 await self.ensure_groups()
             except TRANSIENT_ERRORS as e:
-                metrics.STAGE_ERRORS.labels(self.stage, "redis").inc()
+                prom.STAGE_ERRORS.labels(self.stage, "redis").inc()
                 log.warning(
                     "stream read failed, retrying",
                     extra={"group": self.group, "error": repr(e), "retry_in_s": backoff},
@@ -279,7 +279,7 @@ class Runner:
                 Delivery(d.stream, d.entry_id, d.fields, counts.get(d.entry_id, 1)) for d in got
             )
         if claimed:
-            metrics.RECLAIMED.labels(self.group).inc(len(claimed))
+            prom.RECLAIMED.labels(self.group).inc(len(claimed))
             log.info("reclaimed idle entries", extra={"group": self.group, "entries": len(claimed)})
         return claimed
 
@@ -309,8 +309,8 @@ class Runner:
             dead.extend(await self._handle_until_done(live))
         await self._dead_letter(dead)
         await self._acknowledge(batch)
-        metrics.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
-        metrics.BATCH_ROWS.labels(self.stage).observe(sum(d.weight for d in batch))
+        prom.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+        prom.BATCH_ROWS.labels(self.stage).observe(sum(d.weight for d in batch))
         self.batches += 1
         self.entries += len(batch)
 
@@ -323,7 +323,7 @@ class Runner:
                 try:
                     return await self.handler(batch)
                 except TRANSIENT_ERRORS as e:
-                    metrics.STAGE_ERRORS.labels(self.stage, "transient").inc()
+                    prom.STAGE_ERRORS.labels(self.stage, "transient").inc()
                     delay = max(backoff, getattr(e, "retry_after", 0.0))
                     log.warning(
                         "batch failed, will retry",
@@ -337,7 +337,7 @@ class Runner:
                     await asyncio.sleep(delay)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                 except Exception as e:
-                    metrics.STAGE_ERRORS.labels(self.stage, "poison").inc()
+                    prom.STAGE_ERRORS.labels(self.stage, "poison").inc()
                     if len(batch) == 1:
                         log.error(
                             "entry failed, dead-lettered",
@@ -397,7 +397,7 @@ class Runner:
                 )
                 pipe.xadd(DLQ_STREAM, entry)  # type: ignore[unused-awaitable]
             await pipe.execute()
-        metrics.DEAD_LETTERS.labels(self.stage).inc(len(dead))
+        prom.DEAD_LETTERS.labels(self.stage).inc(len(dead))
         log.warning("dead-lettered", extra={"stage": self.stage, "count": len(dead)})
 
     async def _acknowledge(self, batch: list[Delivery]) -> None:

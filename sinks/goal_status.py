@@ -3,7 +3,7 @@
 
 Run by the maintenance task (pipeline/maintenance.py) on its schedule, so `status` in the API
 and `GET /api/v1/goals?status=achieved` reflect what happened without anyone PATCHing it.
-Current values are those the WebSocket pushes (sinks/current_values.py). A goal is settled
+Current values are those the WebSocket pushes (sinks/queries/current_values.py). A goal is settled
 once: the update only touches goals still `active`, so a user's PATCH in the meantime wins.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from sinks.current_values import current_values
 from sinks.db import Conn
+from sinks.queries.current_values import current_values
 
 __all__ = ["GoalSettlement", "reached", "settle_goals"]
 

@@ -30,7 +30,7 @@ from gateway.auth import Role, mint_token
 from gateway.keys import Clock
 from pipeline.processor import Processor
 from pipeline.runner import Delivery
-from pipeline.stages.store import to_datetime
+from pipeline.stages.rows import to_datetime
 from schemas.events import EVENT_TYPES, StreamEvent, stream_event_encoder
 from schemas.settings import Settings
 from schemas.streams import events_stream

@@ -19,7 +19,7 @@ import pytest
 from gateway.cache import CACHE_TIMEOUT_S, ApiCache
 from pipeline.runner import Delivery
 from pipeline.stages.rollup import RollupStage
-from pipeline.stages.store import to_datetime
+from pipeline.stages.rows import to_datetime
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
 from sinks.aggregations import refresh_aggregations

@@ -19,7 +19,7 @@ from gateway.app import create_app
 from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
-from sinks.current_values import current_values
+from sinks.queries.current_values import current_values
 from tests.api_support import (
     DAY_US,
     HOUR_US,

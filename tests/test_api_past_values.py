@@ -1,5 +1,5 @@
-"""The summary's past values (sinks/past_values.py) read rollups for whole hours and days; they
-must equal the plain definitions over raw rows at any moment, on and off bucket boundaries.
+"""The summary's past values (sinks/queries/past_values.py) read rollups for whole hours and days;
+they must equal the plain definitions over raw rows at any moment, on and off bucket boundaries.
 
 Every test runs as of pinned instants (`now`), never the wall clock: the events are stored
 around them and the functions take the instant, so the boundaries a moment meets do not depend
@@ -16,9 +16,9 @@ import pytest
 
 from schemas.influence import influence_score
 from schemas.settings import Settings
-from sinks.current_values import current_values
 from sinks.db import Conn
-from sinks.past_values import live_values, values_at
+from sinks.queries.current_values import current_values
+from sinks.queries.past_values import live_values, values_at
 from tests.api_support import DAY_US, ApiEnv, api_env, new_user, random_events
 from tests.streams_helpers import make_event
 

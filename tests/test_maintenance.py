@@ -23,11 +23,11 @@ from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
 from schemas.ws import metric_updates_decoder
 from seeder.generate import seed
-from sinks.aggregation_values import aggregation_values
 from sinks.aggregations import AggregationRun, metrics_entries, publish_aggregations
 from sinks.cache_generations import generation_key
-from sinks.current_values import current_values
 from sinks.db import connect
+from sinks.queries.aggregation_values import aggregation_values
+from sinks.queries.current_values import current_values
 from sinks.rollups import level
 from tests.conftest import ScratchDb
 

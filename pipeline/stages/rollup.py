@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
-from pipeline.stages.store import to_datetime
+from pipeline.stages.rows import to_datetime
 from sinks.cache_generations import invalidate
 from sinks.rollups import edition, level
 

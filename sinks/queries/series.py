@@ -6,7 +6,7 @@ so its cost follows the rows in the requested range, not the size of the tables.
 Series read the rollups for buckets before `raw_from` and aggregate the raw rows from
 `raw_from` on, with the rollups' own expressions (migrations/0004_rollups.up.sql), so the two
 parts are the same figures and meet without overlap. Goals live in sinks/goals.py, past
-values in sinks/past_values.py.
+values in sinks/queries/past_values.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ are excluded at plan time:
 - users who reported no snapshot, followers or completeness in that span get the older figures,
   and the net changes before the span, from the daily rollup, in one more statement for all
   of them; only a user whose latest snapshot is older than the span (rare: profiles report
-  about daily) costs queries of its own (sinks/past_values.py).
+  about daily) costs queries of its own (sinks/queries/past_values.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Final
 
 from schemas.metrics import CURRENT_WINDOW_DAYS
 from sinks.db import Conn
-from sinks.past_values import (
+from sinks.queries.past_values import (
     RECENT_DAYS,
     Figures,
     catalogue_values,

@@ -1,8 +1,8 @@
 """One user's catalogue metrics, now (`live_values`) or as they stood at a past moment
 (`values_at`), for the API's summary and goals.
 
-The definitions are those of sinks/current_values.py, which the WebSocket publishes: windows of
-CURRENT_WINDOW_DAYS ending at the moment, the latest snapshot's connections plus the net
+The definitions are those of sinks/queries/current_values.py, which the WebSocket publishes: windows
+of CURRENT_WINDOW_DAYS ending at the moment, the latest snapshot's connections plus the net
 changes after it, the latest reported followers and completeness. `live_values` counts, as
 current_values does, every row up to the newest (a producer's clock may run a little ahead);
 `values_at` only rows up to `at`. Tests hold both equal to those definitions over raw rows.
@@ -33,7 +33,7 @@ from typing import Any, Final
 from schemas.influence import influence_score
 from schemas.metrics import CURRENT_WINDOW_DAYS
 from sinks.db import Conn
-from sinks.queries import ROLLUP_MARGIN
+from sinks.queries.series import ROLLUP_MARGIN
 
 __all__ = [
     "RECENT_DAYS",
