@@ -2,7 +2,7 @@
 
 A goal is a target for one catalogue metric by a deadline. Its baseline is the metric's value
 when the goal was created (unless given), and every answer carries its progress against the
-current value, with the WebSocket's definitions (sinks/past_values.py `live_values`):
+current value, with the WebSocket's definitions (sinks/queries/past_values.py `live_values`):
 `percent` of the way from baseline to target (0-100), `reached`, and `onTrack` (at least as far
 as the share of the time already spent). `status` is what was stored: `active` on creation;
 the maintenance task settles goals to `achieved` or `missed` (sinks/goal_status.py); PATCH may
@@ -34,7 +34,7 @@ from sinks import goals as store
 from sinks.cache_generations import invalidate
 from sinks.db import Conn
 from sinks.goal_status import reached as goal_reached
-from sinks.past_values import live_values
+from sinks.queries.past_values import live_values
 
 __all__ = ["MAX_GOALS_PER_USER", "goal_json", "progress", "routes"]
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-import pipeline.metrics  # noqa: F401 - registers the worker's metrics
+import pipeline.prom  # noqa: F401 - registers the worker's metrics
 import sinks.timescale  # noqa: F401 - registers the COPY writer's metrics
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM, events_stream

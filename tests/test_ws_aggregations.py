@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from pipeline.processor import Processor
 from pipeline.runner import Delivery
-from pipeline.stages.store import to_datetime
+from pipeline.stages.rows import to_datetime
 from schemas.aggregations import AGGREGATION_METRICS
 from schemas.events import StreamEvent, stream_event_encoder
 from schemas.metrics import CATALOGUE
