@@ -25,22 +25,34 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import asyncpg
 import redis.asyncio as redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import prom
-from schemas.dead_letters import letter_fields
+from pipeline.deliveries import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    READ_COUNT,
+    TRANSIENT_ERRORS,
+    DeadLetter,
+    Delivery,
+    Handler,
+    Transient,
+    id_key,
+    parse_reply,
+)
+from schemas.dead_letters import letter_fields, text
 from schemas.settings import Settings
 from schemas.streams import DLQ_STREAM
 
+# The stages and the tests import the handler's types from here, the runtime's entry point:
+# they are re-exported on purpose (their home is pipeline.deliveries).
 __all__ = [
+    "TRANSIENT_ERRORS",
     "DeadLetter",
     "Delivery",
     "Handler",
@@ -55,10 +67,6 @@ log = logging.getLogger(__name__)
 
 # XREADGROUP BLOCK must stay well under the client's socket timeout (DESIGN.md section 8).
 MAX_BLOCK_MS: Final = 2000
-# Entries fetched per stream per XREADGROUP call; a batch may take several calls.
-READ_COUNT: Final = 200
-BACKOFF_FIRST_S: Final = 0.1
-BACKOFF_MAX_S: Final = 5.0
 TRIM_EVERY_S: Final = 5.0
 
 # Acknowledge and count acknowledged events in one step, so the gateway's backlog figure
@@ -75,56 +83,6 @@ if KEYS[3] ~= '' and acked > 0 then
 end
 return acked
 """
-
-
-class Transient(Exception):
-    """A handler's dependency is temporarily unavailable: retry the same batch later."""
-
-    def __init__(self, message: str, retry_after: float = BACKOFF_FIRST_S) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    Transient,
-    OSError,
-    TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stream entry as delivered to this consumer; `fields` in entry order."""
-
-    stream: str
-    entry_id: str
-    fields: list[tuple[bytes, bytes]]
-    deliveries: int = 1
-
-    @property
-    def weight(self) -> int:
-        """Events in the entry: the unit of BATCH_MAX_ROWS and of the backlog counter."""
-        return len(self.fields)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Something a stage could not process, kept with the reason and the original payload."""
-
-    delivery: Delivery
-    reason: str
-    stage: str
-    payload: bytes = b""  # the one event's bytes; empty means the whole entry
-
-
-Handler = Callable[[list[Delivery]], Awaitable[list[DeadLetter]]]
 
 
 def consumer_name() -> str:
@@ -247,7 +205,7 @@ class Runner:
                 count=READ_COUNT,
                 block=min(block_ms, MAX_BLOCK_MS),
             )
-            got = _deliveries(reply, deliveries=1)
+            got = parse_reply(reply, deliveries=1)
             if not got:
                 if deadline is None:
                     return batch  # idle: let the caller trim and check for shutdown
@@ -270,8 +228,8 @@ class Runner:
                 start_id=self._claim_cursor[stream],
                 count=READ_COUNT,
             )
-            self._claim_cursor[stream] = _text(cursor)
-            got = _deliveries([[stream, entries]], deliveries=0)
+            self._claim_cursor[stream] = text(cursor)
+            got = parse_reply([[stream, entries]], deliveries=0)
             if not got:
                 continue
             counts = await self._delivery_counts(stream, got)
@@ -293,7 +251,7 @@ class Runner:
             count=len(ids) * 4 + 10,
             consumername=self.consumer,
         )
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}  # type: ignore[arg-type]
+        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}  # type: ignore[arg-type]
 
     # -- processing -------------------------------------------------------------------------
 
@@ -435,33 +393,12 @@ async def safe_trim_floor(client: redis.Redis, stream: str) -> str | None:
         return None
     floors: list[str] = []
     for g in groups:
-        name = _text(g["name"])
-        last = _text(g["last-delivered-id"])
+        name = text(g["name"])
+        last = text(g["last-delivered-id"])
         summary = await client.xpending(stream, name)
         if summary["pending"]:
-            floors.append(_text(summary["min"]))
+            floors.append(text(summary["min"]))
         else:
             ms, seq = id_key(last)
             floors.append(f"{ms}-{seq + 1}")
     return min(floors, key=id_key)
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _deliveries(reply: Any, *, deliveries: int) -> list[Delivery]:
-    out: list[Delivery] = []
-    for stream, entries in reply or []:
-        name = _text(stream)
-        for entry_id, fields in entries:
-            if fields is None:  # deleted while pending: nothing left to process or keep
-                continue
-            items = list(fields.items()) if isinstance(fields, dict) else list(fields)
-            out.append(Delivery(name, _text(entry_id), items, deliveries))
-    return out
