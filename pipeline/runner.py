@@ -33,6 +33,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from pipeline import prom
+from pipeline.claims import Claims
 from pipeline.deliveries import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -107,7 +108,9 @@ class Runner:
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
         self._ack = self.redis.register_script(_ACK_SCRIPT)
-        self._claim_cursor = dict.fromkeys(self.streams, "0-0")
+        self._claims = Claims(
+            self.redis, self.group, self.consumer, self.streams, self.settings.claim_idle_ms
+        )
         self._last_trim = 0.0
         self.batches = 0
         self.entries = 0
@@ -183,7 +186,7 @@ class Runner:
     # -- reading ----------------------------------------------------------------------------
 
     async def _next_batch(self) -> list[Delivery]:
-        batch = await self._reclaim()
+        batch = await self._claims.reclaim()
         if batch:
             return batch
         max_rows = self.settings.batch_max_rows
@@ -216,43 +219,6 @@ class Runner:
                 deadline = time.monotonic() + wait_s
         return batch
 
-    async def _reclaim(self) -> list[Delivery]:
-        """Take over entries idle longer than CLAIM_IDLE_MS, i.e. left by a dead replica."""
-        claimed: list[Delivery] = []
-        for stream in self.streams:
-            cursor, entries, *_ = await self.redis.xautoclaim(
-                stream,
-                self.group,
-                self.consumer,
-                min_idle_time=self.settings.claim_idle_ms,
-                start_id=self._claim_cursor[stream],
-                count=READ_COUNT,
-            )
-            self._claim_cursor[stream] = text(cursor)
-            got = parse_reply([[stream, entries]], deliveries=0)
-            if not got:
-                continue
-            counts = await self._delivery_counts(stream, got)
-            claimed.extend(
-                Delivery(d.stream, d.entry_id, d.fields, counts.get(d.entry_id, 1)) for d in got
-            )
-        if claimed:
-            prom.RECLAIMED.labels(self.group).inc(len(claimed))
-            log.info("reclaimed idle entries", extra={"group": self.group, "entries": len(claimed)})
-        return claimed
-
-    async def _delivery_counts(self, stream: str, got: list[Delivery]) -> dict[str, int]:
-        ids = sorted((d.entry_id for d in got), key=id_key)
-        rows = await self.redis.xpending_range(
-            stream,
-            self.group,
-            min=ids[0],
-            max=ids[-1],
-            count=len(ids) * 4 + 10,
-            consumername=self.consumer,
-        )
-        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}  # type: ignore[arg-type]
-
     # -- processing -------------------------------------------------------------------------
 
     async def _process(self, batch: list[Delivery]) -> None:
@@ -275,7 +241,7 @@ class Runner:
     async def _handle_until_done(self, batch: list[Delivery]) -> list[DeadLetter]:
         """Retry transient failures forever (keeping the entries ours); isolate poison."""
         backoff = BACKOFF_FIRST_S
-        keepalive = asyncio.create_task(self._keep_claimed(batch))
+        keepalive = asyncio.create_task(self._claims.keep(batch))
         try:
             while True:
                 try:
@@ -308,32 +274,6 @@ class Runner:
                     return left + await self._handle_until_done(batch[mid:])
         finally:
             keepalive.cancel()
-
-    async def _keep_claimed(self, batch: list[Delivery]) -> None:
-        """Reset the entries' idle time while we work on them, so XAUTOCLAIM leaves them be."""
-        period = self.settings.claim_idle_ms / 3000
-        by_stream: dict[str, list[int | bytes | str | memoryview[int]]] = {}
-        for d in batch:
-            by_stream.setdefault(d.stream, []).append(d.entry_id)
-        while True:
-            await asyncio.sleep(period)
-            try:
-                for stream, ids in by_stream.items():
-                    await self.redis.xclaim(
-                        stream,
-                        self.group,
-                        self.consumer,
-                        min_idle_time=0,
-                        message_ids=ids,
-                        justid=True,
-                    )
-            except TRANSIENT_ERRORS:
-                log.warning("could not refresh claimed entries", extra={"group": self.group})
-            except ResponseError:
-                # The stream or group was deleted under us (NOGROUP): nothing is left to keep
-                # claimed, and the batch's acknowledgement meets the same recovery path.
-                log.warning("claimed entries are gone", extra={"group": self.group}, exc_info=True)
-                return
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Before acknowledging: a crash in between re-delivers, so a DLQ entry may repeat."""
