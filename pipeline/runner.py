@@ -27,12 +27,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from pipeline import prom
+from pipeline.acks import Acks
 from pipeline.claims import Claims
 from pipeline.deliveries import (
     BACKOFF_FIRST_S,
@@ -70,21 +71,6 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_MS: Final = 2000
 TRIM_EVERY_S: Final = 5.0
 
-# Acknowledge and count acknowledged events in one step, so the gateway's backlog figure
-# (appended - acked) never counts an entry twice, even when a redelivery is acknowledged again.
-_ACK_SCRIPT: Final = """
-local acked = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('XACK', KEYS[1], KEYS[2], ARGV[i]) == 1 then
-    acked = acked + tonumber(ARGV[i + 1])
-  end
-end
-if KEYS[3] ~= '' and acked > 0 then
-  redis.call('HINCRBY', KEYS[3], 'acked', acked)
-end
-return acked
-"""
-
 
 def consumer_name() -> str:
     """Unique per process, readable in XINFO: host, pid and a random suffix for pid reuse."""
@@ -107,7 +93,7 @@ class Runner:
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
-        self._ack = self.redis.register_script(_ACK_SCRIPT)
+        self._acks = Acks(self.redis, self.group, self.backlog_keys)
         self._claims = Claims(
             self.redis, self.group, self.consumer, self.streams, self.settings.claim_idle_ms
         )
@@ -232,7 +218,7 @@ class Runner:
         if live:
             dead.extend(await self._handle_until_done(live))
         await self._dead_letter(dead)
-        await self._acknowledge(batch)
+        await self._acks.acknowledge(batch)
         prom.BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
         prom.BATCH_ROWS.labels(self.stage).observe(sum(d.weight for d in batch))
         self.batches += 1
@@ -297,19 +283,6 @@ class Runner:
             await pipe.execute()
         prom.DEAD_LETTERS.labels(self.stage).inc(len(dead))
         log.warning("dead-lettered", extra={"stage": self.stage, "count": len(dead)})
-
-    async def _acknowledge(self, batch: list[Delivery]) -> None:
-        by_stream: dict[str, list[Delivery]] = {}
-        for d in batch:
-            by_stream.setdefault(d.stream, []).append(d)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, items in by_stream.items():
-                args: list[Any] = []
-                for d in items:
-                    args += [d.entry_id, d.weight]
-                keys = [stream, self.group, self.backlog_keys.get(stream, "")]
-                await self._ack(keys=keys, args=args, client=pipe)
-            await pipe.execute()
 
     # -- trimming ---------------------------------------------------------------------------
 
