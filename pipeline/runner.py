@@ -35,6 +35,7 @@ from redis.exceptions import ResponseError
 from pipeline import prom
 from pipeline.acks import Acks
 from pipeline.claims import Claims
+from pipeline.dead_letters import write_dead_letters
 from pipeline.deliveries import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -47,9 +48,8 @@ from pipeline.deliveries import (
     id_key,
     parse_reply,
 )
-from schemas.dead_letters import letter_fields, text
+from schemas.dead_letters import text
 from schemas.settings import Settings
-from schemas.streams import DLQ_STREAM
 
 # The stages and the tests import the handler's types from here, the runtime's entry point:
 # they are re-exported on purpose (their home is pipeline.deliveries).
@@ -263,26 +263,7 @@ class Runner:
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Before acknowledging: a crash in between re-delivers, so a DLQ entry may repeat."""
-        if not dead:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in dead:
-                d = item.delivery
-                entry = letter_fields(
-                    stream=d.stream,
-                    entry_id=d.entry_id,
-                    group=self.group,
-                    stage=item.stage,
-                    reason=item.reason,
-                    deliveries=d.deliveries,
-                    failed_at_ms=int(time.time() * 1000),
-                    payload=item.payload,
-                    entry=d.fields,
-                )
-                pipe.xadd(DLQ_STREAM, entry)  # type: ignore[unused-awaitable]
-            await pipe.execute()
-        prom.DEAD_LETTERS.labels(self.stage).inc(len(dead))
-        log.warning("dead-lettered", extra={"stage": self.stage, "count": len(dead)})
+        await write_dead_letters(self.redis, self.group, self.stage, dead)
 
     # -- trimming ---------------------------------------------------------------------------
 
