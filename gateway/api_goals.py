@@ -48,18 +48,22 @@ Status = Literal["active", "achieved", "missed", "cancelled"]
 # Finite and far from float limits: every sum of real metrics stays exact below this.
 Target = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+# What `create` and `_check_deadline` check after decoding, published with the structs in
+# /openapi.json (gateway/openapi_bodies.py); the annotations change no decoding.
+Metric = Annotated[str, msgspec.Meta(extra_json_schema={"enum": sorted(CATALOGUE)})]
+Deadline = Annotated[AwareTime, msgspec.Meta(description="in the future")]
 
 
 class GoalIn(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    metric: str
+    metric: Metric
     target_value: Target
-    deadline: AwareTime
+    deadline: Deadline
     baseline_value: Target | None = None
 
 
 class GoalPatch(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     target_value: Target | msgspec.UnsetType = msgspec.UNSET
-    deadline: AwareTime | msgspec.UnsetType = msgspec.UNSET
+    deadline: Deadline | msgspec.UnsetType = msgspec.UNSET
     status: Status | msgspec.UnsetType = msgspec.UNSET
 
 

@@ -1,5 +1,7 @@
 """The analytics API's part of `GET /openapi.json`: paths and schemas to merge into
-gateway/openapi.py's `PATHS` and `SCHEMAS` (kept here, next to the routes they describe)."""
+gateway/openapi.py's `PATHS` and `SCHEMAS` (kept here, next to the routes they describe).
+The goals' request schemas are generated from the structs `api_goals` decodes with
+(gateway/openapi_bodies.py); their operations here say what is checked after decoding."""
 
 from __future__ import annotations
 
@@ -68,6 +70,11 @@ def _series(buckets: list[str]) -> dict[str, Any]:
     }
 
 
+# The feed's cursor is unpadded base64url (api_events.encode_cursor); `type=post_like,post_share`
+# is what api_events._types accepts (it strips each name).
+_CURSOR: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
+_TYPE_NAME: Final = rf"\s*({'|'.join(sorted(EVENT_TYPES))})\s*"
+_TYPES: Final = {"type": "string", "pattern": f"^{_TYPE_NAME}(,{_TYPE_NAME})*$"}
 _GOAL_ID: Final = {"name": "goal_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _GOAL: Final = {"$ref": "#/components/schemas/Goal"}
 
@@ -97,27 +104,6 @@ API_SCHEMAS: Final[dict[str, Any]] = {
             "deadline": _TIME,
             "status": {"enum": ["active", "achieved", "missed", "cancelled"]},
             "progress": _ANY,
-        },
-    },
-    "GoalIn": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["metric", "targetValue", "deadline"],
-        "properties": {
-            "metric": {"enum": sorted(CATALOGUE)},
-            "targetValue": {"type": "number", "minimum": -1e12, "maximum": 1e12},
-            "deadline": _TIME,
-            "baselineValue": {"type": ["number", "null"]},
-        },
-    },
-    "GoalPatch": {
-        "type": "object",
-        "additionalProperties": False,
-        "minProperties": 1,
-        "properties": {
-            "targetValue": {"type": "number", "minimum": -1e12, "maximum": 1e12},
-            "deadline": _TIME,
-            "status": {"enum": ["active", "achieved", "missed", "cancelled"]},
         },
     },
 }
@@ -152,16 +138,12 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
             "security": _BEARER,
             "parameters": [
                 _USER,
-                _query("cursor", "nextCursor of the previous page", {"type": "string"}),
+                _query("cursor", "nextCursor of the previous page", _CURSOR),
                 _query(
                     "limit", "events per page", {"type": "integer", "minimum": 1, "maximum": 200}
                 ),
-                _query(
-                    "type",
-                    "comma-separated event types",
-                    {"type": "string", "description": ", ".join(sorted(EVENT_TYPES))},
-                ),
-            ],  # fmt: skip
+                _query("type", "comma-separated event types", _TYPES),
+            ],
             "responses": {"200": {**_ok(_ANY), "headers": _CACHED}, **_errors(400)},
         }
     },
@@ -183,7 +165,10 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
             "parameters": [_USER],
             "requestBody": {
                 "required": True,
-                "content": {_JSON: {"schema": {"$ref": "#/components/schemas/GoalIn"}}},
+                "description": "A goal for a catalogue metric with a deadline in the future "
+                "(422 naming the field otherwise); `baselineValue` defaults to the metric's "
+                "current value.",
+                "content": {},
             },
             "responses": {"201": _ok(_GOAL, "created"), **_errors(400, 409, 415, 422)},
         },
@@ -199,7 +184,8 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
             "parameters": [_GOAL_ID, _USER],
             "requestBody": {
                 "required": True,
-                "content": {_JSON: {"schema": {"$ref": "#/components/schemas/GoalPatch"}}},
+                "description": "At least one member (422 for `{}`); a `deadline` in the future.",
+                "content": {},
             },
             "responses": {"200": _ok(_GOAL), **_errors(400, 404, 415, 422)},
         },

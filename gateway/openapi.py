@@ -5,6 +5,11 @@ changes; `tests/test_openapi.py` walks `app.router` and fails when a route is mi
 documented but gone), and a schemathesis run checks every response against these schemas.
 Route groups that keep their description next to their routes contribute it here
 (`gateway/api_openapi.py` for `/api/v1`); `document()` merges them.
+
+Request bodies are the exception: a body a msgspec decoder reads is published as that decoder's
+type renders (gateway/openapi_bodies.py), and so are the WebSocket's messages. An operation
+here says which body it takes, `required` and a `description` of what the handler checks
+after decoding; `document()` writes the schemas in.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from aiohttp import web
 
 from gateway.admin_seed import SEED_PATHS
 from gateway.api_openapi import API_PATHS, API_SCHEMAS
+from gateway.bodies import MAX_RATIO
+from gateway.ingest_wait import WAIT_MAX_S, WAIT_MIN_S
+from gateway.openapi_bodies import NDJSON, WS_MESSAGES, with_bodies
+from gateway.openapi_bodies import SCHEMAS as BODY_SCHEMAS
 from gateway.ratelimit import EXEMPT_PATHS
-from schemas.events import EVENT_TYPES, MAX_PROPERTIES_BYTES
 
 __all__ = ["PATHS", "document", "routes"]
 
@@ -51,7 +59,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "the token's role may not do this",
         409: "conflict",
         413: "request body too large",
-        415: "unsupported Content-Type",
+        415: "unsupported Content-Type or Content-Encoding",
         422: "the request is well-formed but invalid",
         503: "a dependency is unavailable",
         504: "not committed in time",
@@ -74,11 +82,18 @@ _WAIT_PARAMS: Final = [
     {
         "name": "timeout",
         "in": "query",
-        "description": "seconds to wait with wait=true (default 10)",
-        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+        "description": "seconds to wait; only with wait=true (default 10)",
+        "schema": {"type": "number", "minimum": WAIT_MIN_S, "maximum": WAIT_MAX_S},
     },
 ]
 _INGEST_ERRORS: Final = _errors(400, 401, 403, 413, 415, 422, 503, 504)
+# What every ingest body may be besides its JSON (gateway/bodies.py inflates it).
+_CODINGS: Final = (
+    "The body may be sent with `Content-Encoding: gzip` (or `x-gzip`) or `deflate` (zlib); "
+    "INGEST_MAX_BYTES (default 1 MiB) bounds it both as sent and inflated, and it may expand "
+    f"at most {MAX_RATIO} times (413); another coding is a 415, a body that does not inflate "
+    "a 400."
+)
 
 SCHEMAS: Final[dict[str, Any]] = {
     "Error": {
@@ -94,27 +109,6 @@ SCHEMAS: Final[dict[str, Any]] = {
                     "field": {"type": "string"},
                 },
             }
-        },
-    },
-    "Event": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["user_id", "type"],
-        "properties": {
-            "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
-            "user_id": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 64,
-                "pattern": "^[A-Za-z0-9_.:-]+$",
-            },
-            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
-            "time": {"type": "string", "format": "date-time"},
-            "value": {"type": "number", "minimum": 0, "maximum": 1e12},
-            "properties": {
-                "type": "object",
-                "description": f"at most {MAX_PROPERTIES_BYTES} bytes encoded",
-            },
         },
     },
     "EventResult": {
@@ -224,6 +218,7 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
                 "101": {"description": "switched to the WebSocket protocol"},
                 **_errors(400, 401, 403),
             },
+            "x-websocket-messages": WS_MESSAGES,
         }
     },
     "/openapi.json": {
@@ -238,9 +233,19 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             "security": _BEARER,
             "parameters": [
                 *_WAIT_PARAMS,
-                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "description": "the event's `event_id`; one given in the body must equal it",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                },
             ],
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("Event")}}},
+            "requestBody": {
+                "required": True,
+                "description": "One event (UTF-8 JSON). A user token may send only its own "
+                "events (403). " + _CODINGS,
+                "content": {},
+            },
             "responses": {
                 "202": _json(_ref("EventResult"), "accepted or a duplicate"),
                 "200": _json(_ref("EventResult"), "committed (wait=true)"),
@@ -255,10 +260,11 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             "parameters": _WAIT_PARAMS,
             "requestBody": {
                 "required": True,
-                "content": {
-                    JSON: {"schema": {"type": "array", "items": _ref("Event")}},
-                    "application/x-ndjson": {"schema": {"type": "string"}},
-                },
+                "description": "1 to INGEST_MAX_BATCH (default 1,000) events (413 past it): "
+                f"a JSON array, or `{NDJSON}` with one event per line (blank lines ignored; a "
+                "line that is not an event is one rejected item). Items stand alone: each "
+                "invalid one is rejected in `results`, the others accepted. " + _CODINGS,
+                "content": {},
             },
             "responses": {
                 "202": _json(_ref("BatchResult"), "at least one accepted or duplicate"),
@@ -301,6 +307,7 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
                 {
                     "name": "after",
                     "in": "query",
+                    "description": "the last id of the previous page; each part below 2^64",
                     "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
                 },
             ],
@@ -327,25 +334,9 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             "security": _BEARER,
             "requestBody": {
                 "required": True,
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "ids": {
-                                    "type": "array",
-                                    "maxItems": 10000,
-                                    "items": {
-                                        "type": "string",
-                                        "pattern": "^[0-9]{1,20}-[0-9]{1,20}$",
-                                    },
-                                },
-                                "all": {"type": "boolean"},
-                            },
-                        }
-                    }
-                },
+                "description": "Either `ids` (at most 10,000 dead-letter ids such as `1-0`) or "
+                '`"all": true`, not both (422).',
+                "content": {},
             },
             "responses": {
                 "200": _json(
@@ -369,10 +360,12 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
 
 # Refusals that layers in front of every handler answer, whatever the route group wrote down:
 # the rate limiter (gateway/ratelimit.py) and, for a request body, aiohttp's reader
-# (client_max_size: 413; a body it cannot read: 400, see gateway/errors.py).
+# (client_max_size: 413; a body it cannot read: 400, see gateway/errors.py) and the coding
+# check (a `Content-Encoding` where no handler inflates: 415, gateway/bodies.py).
 _LAYER_ERRORS: Final = {
     "400": _error("malformed request"),
     "413": _error("request body too large"),
+    "415": _error("unsupported Content-Type or Content-Encoding"),
     "429": _RATE_LIMITED,
 }
 
@@ -389,7 +382,7 @@ def _with_layer_errors(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
             if path not in EXEMPT_PATHS:
                 statuses.append("429")
             if "requestBody" in operation:
-                statuses += ["400", "413"]
+                statuses += ["400", "413", "415"]
             responses = dict(operation["responses"])
             for status in statuses:
                 responses.setdefault(status, _LAYER_ERRORS[status])
@@ -401,12 +394,15 @@ def _with_layer_errors(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
 
 
 def document() -> dict[str, Any]:
+    clash = (SCHEMAS.keys() | API_SCHEMAS.keys()) & BODY_SCHEMAS.keys()
+    if clash:
+        raise ValueError(f"hand-written schemas take generated names: {sorted(clash)}")
     return {
         "openapi": "3.1.0",
         "info": {"title": "inergize-analytics gateway", "version": "0.1.0"},
-        "paths": _with_layer_errors({**PATHS, **API_PATHS, **SEED_PATHS}),
+        "paths": _with_layer_errors(with_bodies({**PATHS, **API_PATHS, **SEED_PATHS})),
         "components": {
-            "schemas": {**SCHEMAS, **API_SCHEMAS},
+            "schemas": {**SCHEMAS, **API_SCHEMAS, **BODY_SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
