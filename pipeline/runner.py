@@ -45,10 +45,9 @@ from pipeline.deliveries import (
     Delivery,
     Handler,
     Transient,
-    id_key,
     parse_reply,
 )
-from schemas.dead_letters import text
+from pipeline.trimming import trim_acknowledged
 from schemas.settings import Settings
 
 # The stages and the tests import the handler's types from here, the runtime's entry point:
@@ -61,8 +60,6 @@ __all__ = [
     "Runner",
     "Transient",
     "consumer_name",
-    "id_key",
-    "safe_trim_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,29 +267,4 @@ class Runner:
     async def trim_acknowledged(self) -> None:
         """Remove entries every group has acknowledged; never one that is still pending."""
         self._last_trim = time.monotonic()
-        for stream in self.streams:
-            floor = await safe_trim_floor(self.redis, stream)
-            if floor is not None:
-                await self.redis.xtrim(stream, minid=floor, approximate=False)
-
-
-async def safe_trim_floor(client: redis.Redis, stream: str) -> str | None:
-    """Lowest id some group still needs: its oldest pending entry, else the entry after the
-    last one it was given. None when the stream has no group (then nothing may be trimmed)."""
-    try:
-        groups = await client.xinfo_groups(stream)
-    except ResponseError:
-        return None
-    if not groups:
-        return None
-    floors: list[str] = []
-    for g in groups:
-        name = text(g["name"])
-        last = text(g["last-delivered-id"])
-        summary = await client.xpending(stream, name)
-        if summary["pending"]:
-            floors.append(text(summary["min"]))
-        else:
-            ms, seq = id_key(last)
-            floors.append(f"{ms}-{seq + 1}")
-    return min(floors, key=id_key)
+        await trim_acknowledged(self.redis, self.streams)

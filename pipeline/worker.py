@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Final
@@ -15,15 +14,16 @@ from prometheus_client import start_http_server
 from pipeline.maintenance import run_scheduled
 from pipeline.perf import start_sampler
 from pipeline.processor import Processor
-from pipeline.runner import Runner, id_key, safe_trim_floor
+from pipeline.runner import Runner
 from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
+from pipeline.trimming import trim_metrics_stream
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, backlog_key, events_stream
 from sinks.db import create_pool
 from sinks.perf_sampler import Totals
 from sinks.rollups import edition
 
-__all__ = ["ALL_GROUPS", "open_redis", "run_worker", "trim_metrics_stream"]
+__all__ = ["ALL_GROUPS", "open_redis", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,6 @@ FINISH_BATCH_SECONDS = 20.0
 
 # How often the replay window of ia:metrics is enforced; trimming is cheap and idempotent.
 TRIM_METRICS_EVERY_S: Final = 10.0
-
-
-async def trim_metrics_stream(client: redis.Redis, retention_s: float) -> int:
-    """Drop ia:metrics entries older than the replay window that every group acknowledged."""
-    cutoff = f"{int((time.time() - retention_s) * 1000)}-0"
-    floor = await safe_trim_floor(client, METRICS_STREAM)
-    if floor is not None and id_key(floor) < id_key(cutoff):
-        cutoff = floor
-    return int(await client.xtrim(METRICS_STREAM, minid=cutoff, approximate=False))
 
 
 async def _trim_metrics_forever(

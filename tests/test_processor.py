@@ -14,8 +14,8 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from pipeline.runner import safe_trim_floor
-from pipeline.worker import open_redis, run_worker, trim_metrics_stream
+from pipeline.trimming import safe_trim_floor, trim_metrics_stream
+from pipeline.worker import open_redis, run_worker
 from schemas.settings import Settings
 from schemas.streams import (
     DLQ_STREAM,
