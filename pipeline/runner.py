@@ -117,47 +117,52 @@ class Runner:
         )
         backoff = BACKOFF_FIRST_S
         while not self._stopping.is_set():
-            try:
-                batch = await self._next_batch()
-                if batch:
-                    await self._process(batch)
-                if self.trim and time.monotonic() - self._last_trim > TRIM_EVERY_S:
-                    await self.trim_acknowledged()
-                backoff = BACKOFF_FIRST_S
-            except ResponseError as e:
-                # The stream or group was deleted under us (FLUSHDB, an operator's DEL):
-                # recreate them rather than die; anything else is a bug worth surfacing.
-                if not str(e).startswith(("NOGROUP", "UNBLOCKED")):
-                    raise
-                log.warning("stream or group vanished, recreating", extra={"error": str(e)})
-                await self._sleep(backoff)
-                await self.ensure_groups()
-            except TRANSIENT_ERRORS as e:
-                prom.STAGE_ERRORS.labels(self.stage, "redis").inc()
-                log.warning(
-                    "stream read failed, retrying",
-                    extra={"group": self.group, "error": repr(e), "retry_in_s": backoff},
-                )
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = await self._round(backoff)
         log.info(
             "consumer stopped",
             extra={"group": self.group, "batches": self.batches, "entries": self.entries},
         )
+        await self._leave_group()
+
+    async def _round(self, backoff: float) -> float:
+        """Read, process and maybe trim once; returns the backoff for the next failed round."""
         try:
-            async with asyncio.timeout(5):
-                await self._leave_group()
-        except (*TRANSIENT_ERRORS, ResponseError):  # type: ignore[misc]
-            log.warning("could not leave the group cleanly", extra={"group": self.group})
+            batch = await self._next_batch()
+            if batch:
+                await self._process(batch)
+            if self.trim and time.monotonic() - self._last_trim > TRIM_EVERY_S:
+                await self.trim_acknowledged()
+            return BACKOFF_FIRST_S
+        except ResponseError as e:
+            # The stream or group was deleted under us (FLUSHDB, an operator's DEL):
+            # recreate them rather than die; anything else is a bug worth surfacing.
+            if not str(e).startswith(("NOGROUP", "UNBLOCKED")):
+                raise
+            log.warning("stream or group vanished, recreating", extra={"error": str(e)})
+            await self._sleep(backoff)
+            await self.ensure_groups()
+            return backoff
+        except TRANSIENT_ERRORS as e:
+            prom.STAGE_ERRORS.labels(self.stage, "redis").inc()
+            log.warning(
+                "stream read failed, retrying",
+                extra={"group": self.group, "error": repr(e), "retry_in_s": backoff},
+            )
+            await self._sleep(backoff)
+            return min(backoff * 2, BACKOFF_MAX_S)
 
     async def _leave_group(self) -> None:
         """Remove this consumer from the group when it owns nothing, so XINFO shows live ones."""
-        for stream in self.streams:
-            pending = await self.redis.xpending_range(
-                stream, self.group, min="-", max="+", count=1, consumername=self.consumer
-            )
-            if not pending:
-                await self.redis.xgroup_delconsumer(stream, self.group, self.consumer)
+        try:
+            async with asyncio.timeout(5):
+                for stream in self.streams:
+                    pending = await self.redis.xpending_range(
+                        stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+                    )
+                    if not pending:
+                        await self.redis.xgroup_delconsumer(stream, self.group, self.consumer)
+        except (*TRANSIENT_ERRORS, ResponseError):  # type: ignore[misc]
+            log.warning("could not leave the group cleanly", extra={"group": self.group})
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -244,19 +249,25 @@ class Runner:
                     await asyncio.sleep(delay)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                 except Exception as e:
-                    prom.STAGE_ERRORS.labels(self.stage, "poison").inc()
-                    if len(batch) == 1:
-                        log.error(
-                            "entry failed, dead-lettered",
-                            extra={"stage": self.stage, "entry": batch[0].entry_id},
-                            exc_info=True,
-                        )
-                        return [DeadLetter(batch[0], f"{type(e).__name__}: {e}", self.stage)]
-                    mid = len(batch) // 2
-                    left = await self._handle_until_done(batch[:mid])
-                    return left + await self._handle_until_done(batch[mid:])
+                    # Awaited inside this except clause: _isolate's exc_info=True still sees `e`,
+                    # and the halves' errors chain to it in the log, as they always did.
+                    return await self._isolate(batch, e)
         finally:
             keepalive.cancel()
+
+    async def _isolate(self, batch: list[Delivery], error: Exception) -> list[DeadLetter]:
+        """Bisect a failing batch until the failing entry is alone, and dead-letter that one."""
+        prom.STAGE_ERRORS.labels(self.stage, "poison").inc()
+        if len(batch) == 1:
+            log.error(
+                "entry failed, dead-lettered",
+                extra={"stage": self.stage, "entry": batch[0].entry_id},
+                exc_info=True,
+            )
+            return [DeadLetter(batch[0], f"{type(error).__name__}: {error}", self.stage)]
+        mid = len(batch) // 2
+        left = await self._handle_until_done(batch[:mid])
+        return left + await self._handle_until_done(batch[mid:])
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         """Before acknowledging: a crash in between re-delivers, so a DLQ entry may repeat."""
