@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Final
 
+import asyncpg
 import redis.asyncio as redis
 from prometheus_client import start_http_server
 
@@ -86,65 +87,17 @@ async def run_worker(
         stack.push_async_callback(client.aclose)
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
-        runners: list[Runner] = []
-        if PROCESSOR_GROUP in groups:
-            streams = [events_stream(p) for p in range(settings.stream_partitions)]
-            processor = Processor(client, pool)
-            runners += [
-                Runner(
-                    redis=client,
-                    settings=settings,
-                    group=PROCESSOR_GROUP,
-                    streams=streams,
-                    handler=processor,
-                    stage="processor",
-                    backlog_keys={s: backlog_key(p) for p, s in enumerate(streams)},
-                    trim=i == 0,
-                )
-                for i in range(settings.worker_concurrency)
-            ]
-        if ROLLUP_GROUP in groups:
-            async with pool.acquire() as conn:
-                full_edition = await edition(conn) == "timescale"
-            # ia:metrics is also the gateways' replay log for resuming dashboards, so this
-            # group never trims it.
-            runners.append(
-                Runner(
-                    redis=client,
-                    settings=settings,
-                    group=ROLLUP_GROUP,
-                    streams=[METRICS_STREAM],
-                    handler=RollupStage(pool, client, full=full_edition),
-                    stage="rollup",
-                    trim=False,
-                )
-            )
+        runners = await _build_runners(settings, client, pool, groups)
         tasks = [asyncio.create_task(r.run(), name=f"runner-{r.consumer}") for r in runners]
-        maintenance = asyncio.create_task(run_scheduled(settings, client, stop))
-        trimmer = asyncio.create_task(
-            _trim_metrics_forever(client, settings.metrics_stream_retention, stop)
-        )
-        sampler = start_sampler(settings, client, pool, groups, stop, gateway_totals=gateway_totals)
+        duties = _start_duties(settings, client, pool, groups, stop, gateway_totals)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for r in runners:
-            r.stop()
-        try:
-            async with asyncio.timeout(FINISH_BATCH_SECONDS):
-                await asyncio.gather(*tasks)
-        except TimeoutError:
-            log.error("batch not finished in time; its entries stay pending for another replica")
-            for t in tasks:
-                t.cancel()
-        stopper.cancel()
-        maintenance.cancel()
-        trimmer.cancel()
-        sampler.cancel()  # `stop` usually ended its loop already; a failed runner did not
-        failures = [
-            e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
-        ]
-        if failures:
-            raise failures[0]
+        await _finish_batches(runners, tasks)
+        # The sampler among the duties: `stop` usually ended its loop already; a failed
+        # runner did not.
+        for task in (stopper, *duties):
+            task.cancel()
+        _raise_first_failure(tasks)
         log.info(
             "worker stopped",
             extra={
@@ -152,3 +105,87 @@ async def run_worker(
                 "entries": sum(r.entries for r in runners),
             },
         )
+
+
+async def _build_runners(
+    settings: Settings, client: redis.Redis, pool: asyncpg.Pool, groups: Sequence[str]
+) -> list[Runner]:
+    runners: list[Runner] = []
+    if PROCESSOR_GROUP in groups:
+        runners += _processor_runners(settings, client, pool)
+    if ROLLUP_GROUP in groups:
+        runners.append(await _rollup_runner(settings, client, pool))
+    return runners
+
+
+def _processor_runners(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> list[Runner]:
+    """WORKER_CONCURRENCY runners sharing one Processor; only the first trims the streams."""
+    streams = [events_stream(p) for p in range(settings.stream_partitions)]
+    processor = Processor(client, pool)
+    return [
+        Runner(
+            redis=client,
+            settings=settings,
+            group=PROCESSOR_GROUP,
+            streams=streams,
+            handler=processor,
+            stage="processor",
+            backlog_keys={s: backlog_key(p) for p, s in enumerate(streams)},
+            trim=i == 0,
+        )
+        for i in range(settings.worker_concurrency)
+    ]
+
+
+async def _rollup_runner(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> Runner:
+    async with pool.acquire() as conn:
+        full_edition = await edition(conn) == "timescale"
+    # ia:metrics is also the gateways' replay log for resuming dashboards, so this
+    # group never trims it.
+    return Runner(
+        redis=client,
+        settings=settings,
+        group=ROLLUP_GROUP,
+        streams=[METRICS_STREAM],
+        handler=RollupStage(pool, client, full=full_edition),
+        stage="rollup",
+        trim=False,
+    )
+
+
+def _start_duties(
+    settings: Settings,
+    client: redis.Redis,
+    pool: asyncpg.Pool,
+    groups: Sequence[str],
+    stop: asyncio.Event,
+    gateway_totals: Callable[[], Totals] | None,
+) -> list[asyncio.Task[None]]:
+    """The worker's tasks besides its runners: maintenance, the ia:metrics trim, the sampler."""
+    maintenance = asyncio.create_task(run_scheduled(settings, client, stop))
+    trimmer = asyncio.create_task(
+        _trim_metrics_forever(client, settings.metrics_stream_retention, stop)
+    )
+    sampler = start_sampler(settings, client, pool, groups, stop, gateway_totals=gateway_totals)
+    return [maintenance, trimmer, sampler]
+
+
+async def _finish_batches(runners: list[Runner], tasks: list[asyncio.Task[None]]) -> None:
+    """Stop the runners and give them FINISH_BATCH_SECONDS to finish the batch in hand."""
+    for r in runners:
+        r.stop()
+    try:
+        async with asyncio.timeout(FINISH_BATCH_SECONDS):
+            await asyncio.gather(*tasks)
+    except TimeoutError:
+        log.error("batch not finished in time; its entries stay pending for another replica")
+        for t in tasks:
+            t.cancel()
+
+
+def _raise_first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    failures = [
+        e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None
+    ]
+    if failures:
+        raise failures[0]
