@@ -1,4 +1,5 @@
-"""Numbered SQL migrations: `NNNN_name.up.sql` / `NNNN_name.down.sql` pairs in this directory.
+"""Numbered SQL migrations: `NNNN_name.up.sql` / `NNNN_name.down.sql` pairs in this directory
+(found and checksummed by `migrations.files`), applied and reverted here.
 
 `up` runs at every start (`analytics up`) and from `analytics migrate`, so it must be safe when
 several replicas start together: a session advisory lock serialises them and each migration
@@ -8,9 +9,7 @@ commits atomically with its `schema_migrations` row. The read-only calls (`statu
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,8 +19,11 @@ from typing import Literal
 
 import asyncpg
 
+from migrations.files import MIGRATIONS_DIR, Migration, discover, new
 from schemas.errors import MigrationChecksumError, MigrationError, MigrationMissingObjectError
 
+# `from migrations import runner` is the package's one entry point (the CLI, the gateway's
+# admin and health routes, the tests), so the file-side names are re-exported on purpose.
 __all__ = [
     "MIGRATIONS_DIR",
     "Migration",
@@ -38,17 +40,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent
-
 # Every replica and every release must contend for the same lock, so this value never changes.
 # It is int.from_bytes(sha256(b"inergize-analytics:schema_migrations")[:8], signed=True): an
 # arbitrary, documented bigint that is unlikely to clash with other advisory-lock users here.
 # Advisory locks are per database, so separate databases never block each other.
 LOCK_KEY = 7121130559231006822
-
-_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.(?P<kind>up|down)\.sql$")
-_OBJECTS = re.compile(r"^--\s*objects:(?P<list>.*)$", re.MULTILINE)
-_RELATION = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -65,18 +61,6 @@ _INSERT = (
 
 
 @dataclass(frozen=True, slots=True)
-class Migration:
-    """One up/down pair; `objects` are the relations the up file declares it creates."""
-
-    version: int
-    name: str
-    up_sql: str
-    down_sql: str
-    checksum: str
-    objects: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class MigrationStatus:
     version: int
     name: str
@@ -89,54 +73,6 @@ class _Applied:
     name: str
     checksum: str
     applied_at: datetime
-
-
-def discover(directory: Path | None = None) -> list[Migration]:
-    """Every migration in `directory`, sorted; refuses anything that makes the order ambiguous."""
-    root = directory or MIGRATIONS_DIR
-    if not root.is_dir():
-        raise MigrationError(f"migrations directory {root} does not exist")
-    pairs: dict[int, dict[str, Path]] = {}
-    names: dict[int, str] = {}
-    for path in sorted(root.glob("*.sql")):
-        match = _FILE.match(path.name)
-        if match is None:
-            raise MigrationError(f"{path.name}: expected a name like 0001_create_events.up.sql")
-        version, name, kind = int(match["version"]), match["name"], match["kind"]
-        if version == 0:
-            raise MigrationError(f"{path.name}: numbering starts at 0001 (0 means nothing applied)")
-        if names.setdefault(version, name) != name or kind in pairs.get(version, {}):
-            raise MigrationError(f"{path.name}: version {version:04d} is used more than once")
-        pairs.setdefault(version, {})[kind] = path
-    migrations = []
-    for expected, version in enumerate(sorted(pairs), start=1):
-        if version != expected:
-            raise MigrationError(f"numbering gap: {version:04d} found but {expected:04d} missing")
-        files = pairs[version]
-        for kind, other in (("up", "down"), ("down", "up")):
-            if other not in files:
-                raise MigrationError(f"{files[kind].name} has no matching .{other}.sql file")
-        migrations.append(_load(version, names[version], files["up"], files["down"]))
-    return migrations
-
-
-def _load(version: int, name: str, up_path: Path, down_path: Path) -> Migration:
-    raw = up_path.read_bytes()
-    up_sql = raw.decode()
-    listed = (item.strip() for m in _OBJECTS.finditer(up_sql) for item in m["list"].split(","))
-    objects = tuple(item for item in listed if item)
-    for item in objects:
-        # to_regclass() would quietly report a typo as "missing"; catch it when the file is read.
-        if not _RELATION.match(item):
-            raise MigrationError(f"{up_path.name}: {item!r} in -- objects: is not a relation")
-    return Migration(
-        version=version,
-        name=name,
-        up_sql=up_sql,
-        down_sql=down_path.read_text(),
-        checksum=hashlib.sha256(raw).hexdigest(),
-        objects=objects,
-    )
 
 
 async def _applied(conn: asyncpg.Connection) -> dict[int, _Applied]:
@@ -302,22 +238,3 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
     """Migrations not yet applied; for the readiness probe, so it neither locks nor writes."""
     applied = await _applied(conn)
     return [m for m in discover(directory) if m.version not in applied]
-
-
-def new(description: str, directory: Path | None = None) -> tuple[Path, Path]:
-    """Create the next numbered, empty up/down pair and return their paths."""
-    slug = re.sub(r"[^a-z0-9]+", "_", description.lower()).strip("_")
-    if not slug:
-        raise MigrationError(f"description {description!r} has no letters or digits to name a file")
-    root = directory or MIGRATIONS_DIR
-    stem = f"{len(discover(root)) + 1:04d}_{slug}"
-    up_path, down_path = root / f"{stem}.up.sql", root / f"{stem}.down.sql"
-    up_path.write_text(
-        "-- objects:\n"
-        f"-- {' '.join(description.split())}\n"
-        "-- List every table, view or index this file creates after `objects:` above (comma\n"
-        "-- separated); `analytics migrate verify` checks they still exist. This file runs in\n"
-        "-- one transaction, so avoid statements that refuse one (CREATE INDEX CONCURRENTLY).\n"
-    )
-    down_path.write_text(f"-- Revert {stem}: drop what the up file creates, newest first.\n")
-    return up_path, down_path
