@@ -1,5 +1,6 @@
 """Numbered SQL migrations: `NNNN_name.up.sql` / `NNNN_name.down.sql` pairs in this directory
-(found and checksummed by `migrations.files`), applied and reverted here.
+(found and checksummed by `migrations.files`), applied and reverted here; the bookkeeping table
+and the advisory lock are `migrations.state`.
 
 `up` runs at every start (`analytics up`) and from `analytics migrate`, so it must be safe when
 several replicas start together: a session advisory lock serialises them and each migration
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +19,9 @@ from typing import Literal
 
 import asyncpg
 
+from migrations import state
 from migrations.files import MIGRATIONS_DIR, Migration, discover, new
-from schemas.errors import MigrationChecksumError, MigrationError, MigrationMissingObjectError
+from schemas.errors import MigrationError, MigrationMissingObjectError
 
 # `from migrations import runner` is the package's one entry point (the CLI, the gateway's
 # admin and health routes, the tests), so the file-side names are re-exported on purpose.
@@ -40,25 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Every replica and every release must contend for the same lock, so this value never changes.
-# It is int.from_bytes(sha256(b"inergize-analytics:schema_migrations")[:8], signed=True): an
-# arbitrary, documented bigint that is unlikely to clash with other advisory-lock users here.
-# Advisory locks are per database, so separate databases never block each other.
-LOCK_KEY = 7121130559231006822
-
-_CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    execution_ms integer NOT NULL
-)
-"""
-_INSERT = (
-    "INSERT INTO schema_migrations (version, name, checksum, execution_ms) VALUES ($1, $2, $3, $4)"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class MigrationStatus:
@@ -66,46 +48,6 @@ class MigrationStatus:
     name: str
     applied_at: datetime | None
     checksum_ok: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Applied:
-    name: str
-    checksum: str
-    applied_at: datetime
-
-
-async def _applied(conn: asyncpg.Connection) -> dict[int, _Applied]:
-    # Read-only callers run before the first `up` ever did; a missing table means version 0.
-    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
-        return {}
-    rows = await conn.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations")
-    return {r["version"]: _Applied(r["name"], r["checksum"], r["applied_at"]) for r in rows}
-
-
-def _check_checksums(migrations: Iterable[Migration], applied: dict[int, _Applied]) -> None:
-    for m in migrations:
-        row = applied.get(m.version)
-        if row is not None and row.checksum != m.checksum:
-            raise MigrationChecksumError(m.version, m.name, row.checksum, m.checksum)
-
-
-async def _lock(conn: asyncpg.Connection) -> None:
-    # Try first so an operator watching a hung start sees why it waits.
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
-        log.info("waiting for the migration lock held by another process")
-        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-
-
-async def _unlock(conn: asyncpg.Connection) -> None:
-    if conn.is_closed():
-        return  # the server released the session lock with the session
-    try:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        # Raising here would hide the error that got us into `finally`; the lock still ends
-        # with the session.
-        log.warning("could not release the migration lock; it ends with the connection")
 
 
 async def _run(conn: asyncpg.Connection, m: Migration, direction: Literal["up", "down"]) -> int:
@@ -119,9 +61,9 @@ async def _run(conn: asyncpg.Connection, m: Migration, direction: Literal["up", 
             await conn.execute(sql)
             ms = round((time.perf_counter() - started) * 1000)
             if direction == "up":
-                await conn.execute(_INSERT, m.version, m.name, m.checksum, ms)
+                await state.record_applied(conn, m, ms)
             else:
-                await conn.execute("DELETE FROM schema_migrations WHERE version = $1", m.version)
+                await state.record_reverted(conn, m.version)
     except asyncpg.PostgresError as e:
         raise MigrationError(
             f"migration {m.version:04d} {direction} ({filename}) failed and was rolled back: "
@@ -141,12 +83,12 @@ async def up(
     migrations = discover(directory)
     if target is not None and not 0 <= target <= len(migrations):
         raise MigrationError(f"target {target} is outside 0..{len(migrations)}")
-    await _lock(conn)
+    await state.lock(conn)
     try:
-        await conn.execute(_CREATE_TABLE)
+        await state.create_table(conn)
         # Read after locking: another replica may have applied migrations while we waited.
-        applied = await _applied(conn)
-        _check_checksums(migrations, applied)
+        applied = await state.applied(conn)
+        state.check_checksums(migrations, applied)
         unknown = sorted(set(applied) - {m.version for m in migrations})
         if unknown:
             # Newer code already migrated this database; older code may still run against an
@@ -163,7 +105,7 @@ async def up(
             done.append(m)
         return done
     finally:
-        await _unlock(conn)
+        await state.unlock(conn)
 
 
 async def down(
@@ -177,9 +119,9 @@ async def down(
     if to < 0:
         raise MigrationError(f"cannot migrate down to {to}; 0 reverts everything")
     by_version = {m.version: m for m in discover(directory)}
-    await _lock(conn)
+    await state.lock(conn)
     try:
-        applied = await _applied(conn)
+        applied = await state.applied(conn)
         versions = sorted((v for v in applied if v > to), reverse=True)
         lacking = [v for v in versions if v not in by_version]
         if lacking:
@@ -194,13 +136,13 @@ async def down(
             done.append(m)
         return done
     finally:
-        await _unlock(conn)
+        await state.unlock(conn)
 
 
 async def status(conn: asyncpg.Connection, directory: Path | None = None) -> list[MigrationStatus]:
     """Every migration file and whether it is applied; versions only the database knows are
     listed too (with `checksum_ok=False`), so status never hides part of the schema."""
-    applied = await _applied(conn)
+    applied = await state.applied(conn)
     result = []
     for m in discover(directory):
         row = applied.pop(m.version, None)
@@ -214,11 +156,11 @@ async def verify(conn: asyncpg.Connection, directory: Path | None = None) -> Non
     """Fail if the database does not match the applied files: unknown versions, edited files,
     or a declared relation that is gone. Only applied migrations are checked."""
     migrations = discover(directory)
-    applied = await _applied(conn)
+    applied = await state.applied(conn)
     unknown = sorted(set(applied) - {m.version for m in migrations})
     if unknown:
         raise MigrationError(f"database has versions {unknown} that no migration file provides")
-    _check_checksums(migrations, applied)
+    state.check_checksums(migrations, applied)
     expected = [obj for m in migrations if m.version in applied for obj in m.objects]
     missing = await conn.fetch(
         "SELECT name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i)"
@@ -231,10 +173,10 @@ async def verify(conn: asyncpg.Connection, directory: Path | None = None) -> Non
 
 async def current_version(conn: asyncpg.Connection) -> int:
     """Highest applied version; 0 when nothing (or not even the bookkeeping table) exists."""
-    return max(await _applied(conn), default=0)
+    return max(await state.applied(conn), default=0)
 
 
 async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[Migration]:
     """Migrations not yet applied; for the readiness probe, so it neither locks nor writes."""
-    applied = await _applied(conn)
+    applied = await state.applied(conn)
     return [m for m in discover(directory) if m.version not in applied]
