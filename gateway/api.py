@@ -68,6 +68,7 @@ _DB_DOWN: Final = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # the server is shutting down or starting up
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
 )

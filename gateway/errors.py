@@ -20,9 +20,12 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Final
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["ApiError", "error_body", "error_middleware", "http_error"]
 
@@ -102,6 +105,21 @@ def http_error(request: web.Request, e: web.HTTPException) -> ApiError:
     return ApiError(e.status, _code(e.status), message, field, headers=headers)
 
 
+# The database is down, restarting (57P01 admin shutdown, 57P03 cannot connect now) or full:
+# the service is unavailable, not the request wrong.
+_DATABASE_DOWN: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def _unavailable(code: str, message: str) -> web.Response:
+    return ApiError(503, code, message, headers={"Retry-After": "1"}).response()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -117,7 +135,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:  # a redirect or an empty success raised as an exception
             raise
         return http_error(request, e).response()
-    except RequestPayloadError as e:
+    except (ConnectionResetError, BrokenPipeError):
+        raise  # the client is gone: there is nobody to answer
+    except Exception as e:
+        if request.writer.output_size > 0:
+            raise  # a response (a WebSocket upgrade) has started: aiohttp closes the connection
+        return _failure(request, e)
+
+
+def _failure(request: web.Request, e: Exception) -> web.Response:
+    """The answer to an exception no handler turned into an ApiError."""
+    if isinstance(e, RequestPayloadError):
         # The body broke while aiohttp read it (bad chunking, an undecodable Content-Encoding):
         # the client's fault, a 400, which aiohttp itself would have answered as a 500.
         reason = getattr(e.__cause__, "message", None) or "the request body could not be read"
@@ -125,15 +153,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The rest of the body cannot be parsed either, so the connection cannot be reused.
         response.force_close()
         return response
-    except ConnectionError:
-        raise  # the client is gone: there is nobody to answer
-    except TimeoutError:
+    if isinstance(e, TimeoutError):  # before OSError, its base class
         # aiohttp answers 504 for a handler's timeout too; keep that, in our shape.
         log.warning("request timed out", extra={"path": request.path}, exc_info=True)
         return ApiError(504, "timeout", "the request timed out").response()
-    except Exception:
-        if request.writer.output_size > 0:
-            raise  # a response (a WebSocket upgrade) has started: aiohttp closes the connection
-        # The traceback goes to the log, never to the client.
-        log.exception("unhandled error", extra={"path": request.path})
-        return ApiError(500, "internal_error", "internal server error").response()
+    if isinstance(e, _DATABASE_DOWN):
+        # A route that reached the database without its own guard: still the documented 503.
+        # A refused connection (OSError) comes from the pool connecting to TimescaleDB; Redis
+        # wraps its own.
+        log.warning("database unavailable", extra={"path": request.path, "error": repr(e)})
+        return _unavailable("database_unavailable", "TimescaleDB is unavailable")
+    if isinstance(e, RedisConnectionError | RedisTimeoutError):
+        log.warning("redis unavailable", extra={"path": request.path, "error": repr(e)})
+        return _unavailable("redis_unavailable", "Redis is unavailable")
+    # The traceback goes to the log, never to the client.
+    log.error("unhandled error", extra={"path": request.path}, exc_info=e)
+    return ApiError(500, "internal_error", "internal server error").response()

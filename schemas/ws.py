@@ -62,7 +62,7 @@ MetricNames = Annotated[
 ]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]
 # A Redis stream id, `<ms>-<seq>`; a bare `<ms>` means `<ms>-0`.
-StreamId = Annotated[str, msgspec.Meta(pattern=r"^\d{1,20}(-\d{1,20})?$")]
+StreamId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?\Z")]
 
 
 class _Struct(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):

@@ -336,6 +336,14 @@ FIELD_ERRORS = [
         id="post_id-empty",
     ),
     pytest.param(event(type="post_like", value=1.5), "invalid_value", "$.value", id="like-half"),
+    # Found by a fuzzer: an integer column refused it in the worker, after a 202.
+    pytest.param(event(type="post_like", value=2**31), "invalid_value", "$.value", id="like-2^31"),
+    pytest.param(
+        event(type="profile_snapshot", properties={"followers": 2**31}),
+        "invalid_properties",
+        "$.properties.followers",
+        id="followers-2^31",
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -111,3 +112,34 @@ async def test_ws_port_answers_json_404_and_405() -> None:
             assert "GET" in wrong.headers["Allow"]
             plain = await client.get("/")  # the route itself, without an upgrade
             assert (await error_of(plain, 400))["code"] == "websocket_required"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        asyncpg.CannotConnectNowError("the database system is shutting down"),
+    ],
+    ids=["refused", "restarting"],
+)
+async def test_a_database_failure_outside_a_guarded_route_is_a_json_503(failure: Exception) -> None:
+    """Found by a fuzzer: a refused connection was a plain-text 500 (the middleware let every
+    ConnectionError through as "the client is gone"), and a restarting server a JSON 500."""
+    app = create_app(ops_settings())
+
+    async def reaches_the_database(request: web.Request) -> web.Response:
+        raise failure
+
+    app.router.add_get("/reaches-the-database", reaches_the_database)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/reaches-the-database")
+        error = await error_of(response, 503)
+    assert error["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_seed_routes_answer_503_when_the_database_is_down(make_client: MakeClient) -> None:
+    client = await make_client(timescale_port=1)  # nothing listens there
+    for method, path in (("GET", "/admin/seed/status"), ("DELETE", "/admin/seed")):
+        response = await client.request(method, path, headers=bearer())
+        assert (await error_of(response, 503))["code"] == "database_unavailable", path
