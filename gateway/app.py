@@ -10,32 +10,21 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway import (
-    admin,
-    admin_seed,
-    api_events,
-    api_goals,
-    api_metrics,
-    api_summary,
-    api_system,
-    bodies,
-    compression,
-    health,
-    ingest,
-    metrics,
-    openapi,
-    perf,
-    ratelimit,
-    requestid,
-    security,
-    seed_jobs,
-    status,
-    ws,
-)
-from gateway.appender import Appender, HiredisPackingConnection
+from gateway.api import events as api_events
+from gateway.api import goals as api_goals
+from gateway.api import metrics as api_metrics
+from gateway.api import summary as api_summary
+from gateway.api import system as api_system
 from gateway.auth import check_jwt_settings
 from gateway.errors import error_middleware
+from gateway.http import bodies, compression, ratelimit, requestid, security
+from gateway.http import prom as metrics
+from gateway.ingest import routes as ingest
+from gateway.ingest.appender import Appender, HiredisPackingConnection
 from gateway.keys import APPENDER, CLOCK, DB_POOL, REDIS, SETTINGS, Clock
+from gateway.ops import admin, health, openapi, perf, seed_jobs, status
+from gateway.ops import seed as admin_seed
+from gateway.ws import server as ws
 from schemas.settings import Settings
 from sinks import db
 
@@ -75,7 +64,7 @@ def create_app(settings: Settings, *, clock: Clock = _wall_clock) -> web.Applica
     app.add_routes(ingest.routes)
     for group in (status.routes, metrics.routes, admin.routes, admin_seed.routes, openapi.routes):
         app.add_routes(group)
-    # The analytics API (/api/v1); see gateway/api.py.
+    # The analytics API (/api/v1); see gateway/api/common.py.
     for api_group in (api_metrics.routes, api_summary.routes, api_events.routes, api_goals.routes):
         app.add_routes(api_group)
     app.add_routes(api_system.routes)  # /api/v1/system: admin-only operations figures

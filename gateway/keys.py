@@ -15,15 +15,15 @@ from schemas.settings import Settings
 if TYPE_CHECKING:
     # Types only: the appender and the fan-out import route modules that read these keys, so
     # importing them here would close an import circle.
-    from gateway.appender import Appender
-    from gateway.fanout import Fanout
+    from gateway.ingest.appender import Appender
+    from gateway.ws.fanout import Fanout
 
 __all__ = ["APPENDER", "CLOCK", "DB_POOL", "FANOUT", "REDIS", "SETTINGS", "Clock", "PoolGetter"]
 
 SETTINGS = web.AppKey("settings", Settings)
 # One client (a BlockingConnectionPool) per process, shared by every route group.
 REDIS = web.AppKey("redis", Redis)
-# The group-commit appender of this process; see gateway/appender.py.
+# The group-commit appender of this process; see gateway/ingest/appender.py.
 APPENDER: web.AppKey[Appender] = web.AppKey("appender")
 
 # The pool opens on first use, so the gateway starts and ingests while TimescaleDB is down;

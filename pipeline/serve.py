@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.bodies import SERVER_OPTIONS
-from gateway.perf import PERF_IN_WORKER, gateway_totals
-from gateway.ws import start_ws_site
+from gateway.http.bodies import SERVER_OPTIONS
+from gateway.ops.perf import PERF_IN_WORKER, gateway_totals
+from gateway.ws.server import start_ws_site
 from pipeline.worker import ALL_GROUPS, run_worker
 from schemas.settings import Settings
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Role, mint_token
-from gateway.bodies import SERVER_OPTIONS
+from gateway.http.bodies import SERVER_OPTIONS
 from schemas.settings import Settings
 from tests.conftest import settings_for
 
@@ -69,7 +69,7 @@ async def gateways() -> AsyncIterator[MakeClient]:
 
     async def make(settings: Settings | None = None, **overrides: Any) -> Client:
         server = TestServer(create_app(ops_settings(settings, **overrides)))
-        # Run as the production runner is: aiohttp's own inflating off (gateway/bodies.py).
+        # Run as the production runner is: aiohttp's own inflating off (gateway/http/bodies.py).
         # TestServer ignores runner options given to its constructor; start_server takes them.
         await server.start_server(**SERVER_OPTIONS)
         client: Client = TestClient(server)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.admin import append_letter
+from gateway.ops.admin import append_letter
 from pipeline.runner import DeadLetter, Delivery, Runner
 from schemas.events import StreamEvent, stream_event_decoder, stream_event_encoder
 from schemas.streams import (

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.admin import REPLAY_APPEND_LUA
+from gateway.ops.admin import REPLAY_APPEND_LUA
 from schemas.streams import DLQ_STREAM, backlog_key, events_stream
 from tests.ops_support import bearer, flushed_redis, gateways, ops_settings
 from tests.tcp_proxy import TcpProxy

@@ -20,9 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from gateway import seed_jobs
 from gateway.app import create_app
-from gateway.bodies import SERVER_OPTIONS
+from gateway.http.bodies import SERVER_OPTIONS
+from gateway.ops import seed_jobs
 from migrations import runner
 from schemas.settings import Settings
 from sinks.db import connect
@@ -255,7 +255,7 @@ async def test_shutdown_cancels_a_run_in_progress_and_frees_the_database(
     db: tuple[Settings, asyncpg.Connection],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.seed_jobs")
+    caplog.set_level(logging.INFO, logger="gateway.ops.seed_jobs")
     s, conn = db
     a, b = await make_client(s), await make_client(s)
     async with held_runs(s):

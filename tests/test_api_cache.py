@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.cache import CACHE_TIMEOUT_S, ApiCache
+from gateway.api.cache import CACHE_TIMEOUT_S, ApiCache
 from pipeline.runner import Delivery
 from pipeline.stages.rollup import RollupStage
 from pipeline.stages.rows import to_datetime

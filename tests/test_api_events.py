@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api_events import decode_cursor, encode_cursor
+from gateway.api.events import decode_cursor, encode_cursor
 from gateway.errors import ApiError
 from schemas.settings import Settings
 from tests.api_support import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api_goals import MAX_GOALS_PER_USER
+from gateway.api.goals import MAX_GOALS_PER_USER
 from schemas.settings import Settings
 from tests.api_support import ApiEnv, api_env, fixed_clock, iso, new_user, parse, to_us
 from tests.streams_helpers import make_event

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from gateway.api_openapi import API_PATHS
 from gateway.app import create_app
+from gateway.ops.openapi_api import API_PATHS
 from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
@@ -416,7 +416,7 @@ async def test_aggregations_return_the_stored_rows(env: ApiEnv, now: datetime) -
 
 
 def test_every_api_route_is_documented() -> None:
-    """gateway/api_openapi.py describes exactly the /api/v1 routes the app serves."""
+    """gateway/ops/openapi_api.py describes exactly the /api/v1 routes the app serves."""
     app = create_app(settings_for())
     served = {
         (r.resource.canonical, r.method.lower())

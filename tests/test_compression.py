@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.compression import MIN_BYTES, preferred_coding
 from gateway.errors import ApiError
-from gateway.openapi import document
+from gateway.http.compression import MIN_BYTES, preferred_coding
+from gateway.ops.openapi import document
 from tests.ops_support import Client, MakeClient, bearer, ops_settings
 
 

@@ -26,12 +26,15 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 import gateway
 import schemas.ws
-from gateway import admin, admin_seed, api_goals, ingest
+from gateway.api import goals as api_goals
 from gateway.app import create_app
-from gateway.bodies import ENCODED_PATHS
-from gateway.openapi import document
-from gateway.openapi_bodies import JSON, NDJSON, schema_components
-from gateway.ratelimit import EXEMPT_PATHS
+from gateway.http.bodies import ENCODED_PATHS
+from gateway.http.ratelimit import EXEMPT_PATHS
+from gateway.ingest import routes as ingest
+from gateway.ops import admin
+from gateway.ops import seed as admin_seed
+from gateway.ops.openapi import document
+from gateway.ops.openapi_bodies import JSON, NDJSON, schema_components
 from schemas.events import EventIn
 from schemas.settings import Settings
 from tests.ops_support import MakeClient, bearer, ops_settings
@@ -52,8 +55,8 @@ content_type_conformance.enabled = true
 response_headers_conformance.enabled = true
 response_schema_conformance.enabled = true
 """
-# schemathesis has no serializer for NDJSON: one JSON text per line, as gateway/ingest.py reads it
-# (a generated value that is not a list goes as one line, for the negative cases).
+# schemathesis has no serializer for NDJSON: one JSON text per line, as gateway/ingest/routes.py
+# reads it (a generated value that is not a list goes as one line, for the negative cases).
 NDJSON_HOOKS = """
 import json
 import schemathesis
@@ -90,7 +93,7 @@ def documented_routes() -> set[tuple[str, str]]:
 def test_every_route_is_documented_and_every_documented_route_exists() -> None:
     served = served_routes(ops_settings(ws_enabled=True))
     documented = documented_routes()
-    assert served - documented == set(), "add these routes to gateway/openapi.py"
+    assert served - documented == set(), "add these routes to gateway/ops/openapi.py"
     assert documented - served == set(), "these documented routes no longer exist"
 
 
@@ -157,7 +160,7 @@ def test_request_schemas_are_the_schemas_of_the_types_the_handlers_decode() -> N
 
 def test_every_body_decoder_of_a_route_module_is_in_the_document() -> None:
     """A route that starts decoding a new msgspec type must add its operation to DECODED (and
-    gateway/openapi_bodies.py's BODY_TYPES), or this fails."""
+    gateway/ops/openapi_bodies.py's BODY_TYPES), or this fails."""
     documented = {t for medias in DECODED.values() for t in medias.values()}
     for info in pkgutil.iter_modules(gateway.__path__):
         module = importlib.import_module(f"gateway.{info.name}")

@@ -82,7 +82,7 @@ async def test_every_log_line_of_concurrent_requests_carries_its_own_id(
         ("req-b", "database"),
         ("req-b", "redis"),
     ]
-    assert all(line["logger"] == "gateway.health" and line["error"] for line in lines)
+    assert all(line["logger"] == "gateway.ops.health" and line["error"] for line in lines)
     everything = json.dumps(log_lines())
     assert token not in everything
     assert token.split(".")[2] not in everything  # not even the signature

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Role, mint_token
-from gateway.perf import PERF_IN_WORKER, PERF_SAMPLER, gateway_totals
+from gateway.ops.perf import PERF_IN_WORKER, PERF_SAMPLER, gateway_totals
 from pipeline.worker import run_worker
 from schemas.settings import Settings
 from schemas.streams import PROCESSOR_GROUP, events_stream

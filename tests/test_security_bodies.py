@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.bodies import MAX_RATIO
+from gateway.http.bodies import MAX_RATIO
 from tests.ops_support import Client, MakeClient, bearer
 
 EVENT = {"user_id": "u1", "type": "profile_view"}

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.security import SECURITY_HEADERS
-from gateway.ws import create_ws_app
+from gateway.http.security import SECURITY_HEADERS
+from gateway.ws.server import create_ws_app
 from tests.ops_support import MakeClient, bearer, ops_settings
 from tests.ws_support import gateway, ws_settings
 
@@ -69,7 +69,7 @@ async def test_body_past_client_max_size_is_a_json_413(make_client: MakeClient) 
 
 
 async def test_undecodable_body_is_a_json_400(make_client: MakeClient) -> None:
-    # Only the ingest routes inflate a body (gateway/bodies.py); elsewhere a coding is a 415.
+    # Only the ingest routes inflate a body (gateway/http/bodies.py); elsewhere a coding is a 415.
     client = await make_client()
     response = await client.post(
         "/ingest/event",

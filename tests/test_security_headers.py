@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.security import SECURITY_HEADERS
+from gateway.http.security import SECURITY_HEADERS
 from tests.ops_support import MakeClient
 
 APP = "https://app.example.com"

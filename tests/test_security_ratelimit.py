@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.auth import Principal
-from gateway.ratelimit import check_websocket
+from gateway.http.ratelimit import check_websocket
 from tests.ops_support import Client, MakeClient, bearer, ops_settings
 
 OFF: dict[str, Any] = {

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from gateway.ws_input import MAX_NESTING
+from gateway.ws.input import MAX_NESTING
 from tests.ws_support import RawWsClient, WsClient, new_user, token, ws_connect
 
 # The probe's frame: ~6 KB of nested arrays under a field the server ignores.

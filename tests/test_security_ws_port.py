@@ -15,9 +15,9 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from gateway.bodies import SERVER_OPTIONS
-from gateway.security import SECURITY_HEADERS, SERVER
-from gateway.ws import create_ws_app
+from gateway.http.bodies import SERVER_OPTIONS
+from gateway.http.security import SECURITY_HEADERS, SERVER
+from gateway.ws.server import create_ws_app
 from schemas.settings import Settings
 from tests.ops_support import MakeClient, bearer
 from tests.ws_support import gateway, new_user, token, ws_connect, ws_settings

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from gateway.ws_frames import id_key
+from gateway.ws.frames import id_key
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM

@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from gateway import ws
-from gateway.fanout import Fanout
 from gateway.keys import FANOUT, REDIS, SETTINGS
-from gateway.ws_replay import stream_bounds
+from gateway.ws import server as ws
+from gateway.ws.fanout import Fanout
+from gateway.ws.replay import stream_bounds
 from schemas.settings import Settings
 from sinks.db import create_pool
 from tests.tcp_proxy import TcpProxy

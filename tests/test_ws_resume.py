@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from gateway.ws_frames import id_key
+from gateway.ws.frames import id_key
 from pipeline.worker import run_worker
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM

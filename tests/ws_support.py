@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import Role, mint_token
-from gateway.bodies import SERVER_OPTIONS
+from gateway.http.bodies import SERVER_OPTIONS
 from schemas.alerts import Alert, alert_entry
 from schemas.settings import Settings
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM
@@ -100,7 +100,7 @@ async def ws_redis() -> AsyncIterator[Redis]:
 async def gateway(settings: Settings) -> AsyncIterator[TestServer]:
     """A whole gateway app (ingest, /ws, its own fan-out) on a loopback port."""
     server = TestServer(create_app(settings))
-    await server.start_server(**SERVER_OPTIONS)  # as in production (gateway/bodies.py)
+    await server.start_server(**SERVER_OPTIONS)  # as in production (gateway/http/bodies.py)
     try:
         yield server
     finally:

@@ -9,7 +9,7 @@ writer's) changed no raw rows: nothing to do.
 
 After a recompute the users' cached API answers are invalidated: the processor invalidated
 them when it stored the batch, but an answer computed between that and this recompute read the
-old rollup buckets (a late event's bucket is read from the rollup, see gateway/api_metrics.py)
+old rollup buckets (a late event's bucket is read from the rollup, see gateway/api/metrics.py)
 and would otherwise be served until API_CACHE_TTL.
 """
 

@@ -1,13 +1,13 @@
 """The analytics API's part of `GET /openapi.json`: paths and schemas to merge into
-gateway/openapi.py's `PATHS` and `SCHEMAS` (kept here, next to the routes they describe).
-The goals' request schemas are generated from the structs `api_goals` decodes with
-(gateway/openapi_bodies.py); their operations here say what is checked after decoding."""
+gateway/ops/openapi.py's `PATHS` and `SCHEMAS` (kept here, next to the routes they describe).
+The goals' request schemas are generated from the structs `gateway/api/goals.py` decodes with
+(gateway/ops/openapi_bodies.py); their operations here say what is checked after decoding."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from gateway.api_system import BUCKETS, KINDS
+from gateway.api.system import BUCKETS, KINDS
 from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.metrics import CATALOGUE
@@ -198,7 +198,7 @@ API_PATHS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
-# `GET /api/v1/system/performance` (gateway/api_system.py): admin only, and not per user, so
+# `GET /api/v1/system/performance` (gateway/api/system.py): admin only, and not per user, so
 # no `userId`.
 _NUMBER_OR_NULL: Final = {"type": ["number", "null"]}
 API_SCHEMAS["PerformancePoint"] = {

@@ -27,7 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
 
 from gateway.keys import DB_POOL, REDIS, SETTINGS
-from gateway.status import read_backlog, read_streams
+from gateway.ops.status import read_backlog, read_streams
 
 __all__ = [
     "HTTP_REQUESTS",

@@ -15,13 +15,13 @@ from aiohttp import WSMessage, WSMsgType
 from redis.exceptions import RedisError
 
 from gateway.auth import Principal
-from gateway.fanout import Fanout
-from gateway.ws_frames import error_frame, id_key, notice_frame, text_frame
-from gateway.ws_input import MAX_NESTING, is_utf8, nests_too_deep
-from gateway.ws_metrics import RESUMES
-from gateway.ws_replay import ResyncNeeded, replay
-from gateway.ws_session import Session
-from gateway.ws_snapshots import SnapshotUnavailable, resync, send_snapshot
+from gateway.ws.fanout import Fanout
+from gateway.ws.frames import error_frame, id_key, notice_frame, text_frame
+from gateway.ws.input import MAX_NESTING, is_utf8, nests_too_deep
+from gateway.ws.prom import RESUMES
+from gateway.ws.replay import ResyncNeeded, replay
+from gateway.ws.session import Session
+from gateway.ws.snapshots import SnapshotUnavailable, resync, send_snapshot
 from schemas.aggregations import AGGREGATION_METRICS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
@@ -100,7 +100,7 @@ async def receive(session: Session, fanout: Fanout, settings: Settings, msg: WSM
 
 async def _screen(session: Session, settings: Settings, kind: WSMsgType, raw: bytes) -> bool:
     """False, after an error frame or a close, for a frame the decoder must not see: too
-    large, not UTF-8, or nested too deep (see gateway/ws_input.py)."""
+    large, not UTF-8, or nested too deep (see gateway/ws/input.py)."""
     if len(raw) > settings.ws_max_frame_bytes:
         limit = settings.ws_max_frame_bytes
         await _strike(session, "frame_too_large", f"messages are limited to {limit} bytes", 1009)

@@ -24,8 +24,8 @@ from typing import Any, Final
 import msgspec
 from redis.asyncio import Redis
 
-from gateway import ws_metrics as m
-from gateway.ws_frames import (
+from gateway.ws import prom as m
+from gateway.ws.frames import (
     EntryKey,
     alert_frame,
     epoch_ms,
@@ -35,9 +35,9 @@ from gateway.ws_frames import (
     metrics_frame,
     notice_frame,
 )
-from gateway.ws_replay import stream_bounds
-from gateway.ws_session import Session, Shared, sweep
-from gateway.ws_snapshots import PoolGetter, SnapshotLoader, SnapshotUnavailable, resync
+from gateway.ws.replay import stream_bounds
+from gateway.ws.session import Session, Shared, sweep
+from gateway.ws.snapshots import PoolGetter, SnapshotLoader, SnapshotUnavailable, resync
 from schemas.alerts import ALERT_FIELD, alert_decoder
 from schemas.settings import Settings
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM

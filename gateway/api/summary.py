@@ -6,7 +6,7 @@
   then, and the change;
 - `influence`: the score now and a window earlier, `trend` (up, down, flat) and the daily
   score of the last 30 days (the last score stored each day);
-- `goals`: the active goals with their progress (gateway/api_goals.py).
+- `goals`: the active goals with their progress (gateway/api/goals.py).
 
 Cached like the series; the sliding windows may thus be up to API_CACHE_TTL old for a user who
 stored nothing since, never older than that user's last stored batch.
@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.api import API, align_down, align_up, cached, connection, reader
-from gateway.api_goals import goal_json
+from gateway.api.common import API, align_down, align_up, cached, connection, reader
+from gateway.api.goals import goal_json
 from gateway.keys import CLOCK
 from schemas.metrics import CATALOGUE, CURRENT_WINDOW_DAYS
 from sinks.goals import list_goals

@@ -22,7 +22,7 @@
 - `DELETE /admin/seed`: remove everything the seeder wrote, and nothing else: 200
   `{"removed": {table: rows}}`; 409 `seed_in_progress` while a run loads; 403 in production.
 
-How runs are locked, tracked and cancelled: gateway/seed_jobs.py.
+How runs are locked, tracked and cancelled: gateway/ops/seed_jobs.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from aiohttp import web
 from gateway.auth import require_role
 from gateway.errors import ApiError
 from gateway.keys import DB_POOL, SETTINGS
-from gateway.seed_jobs import (
+from gateway.ops.seed_jobs import (
     SEED_JOBS,
     SeedBusy,
     SeedJobs,
@@ -202,7 +202,7 @@ _RUNS: Final = {
     "properties": {"runs": {"type": "array", "items": _OBJECT}},
 }
 
-# The OpenAPI description of these routes, merged by gateway/openapi.py.
+# The OpenAPI description of these routes, merged by gateway/ops/openapi.py.
 SEED_PATHS: Final[dict[str, dict[str, Any]]] = {
     "/admin/seed": {
         "post": {

@@ -18,9 +18,9 @@ from typing import Final
 
 from aiohttp import web
 
+from gateway.http.prom import INGEST_EVENTS
 from gateway.keys import DB_POOL, REDIS, SETTINGS
-from gateway.metrics import INGEST_EVENTS
-from gateway.ws_metrics import CONNECTIONS
+from gateway.ws.prom import CONNECTIONS
 from schemas.settings import Settings
 from schemas.streams import PROCESSOR_GROUP, events_stream
 from sinks.perf_sampler import WRITE_TIMEOUT_S, Sampler, Totals, metric_value, read_lag

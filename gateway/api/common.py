@@ -23,8 +23,8 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from gateway.api.cache import ApiCache
 from gateway.auth import Principal, require_role
-from gateway.cache import ApiCache
 from gateway.errors import ApiError
 from gateway.keys import DB_POOL, REDIS, SETTINGS
 from schemas.events import is_user_id

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from gateway.ws_frames import PING_FRAME, EntryKey, metrics_frame
-from gateway.ws_metrics import CLOSED, DROPPED, SENT
+from gateway.ws.frames import PING_FRAME, EntryKey, metrics_frame
+from gateway.ws.prom import CLOSED, DROPPED, SENT
 from schemas.ws import MetricsData, MetricUpdate
 
 if TYPE_CHECKING:  # gateway.auth imports gateway.keys, which imports this module's users

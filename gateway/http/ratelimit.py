@@ -21,7 +21,7 @@ standard (the tightest budget's limit, remaining and seconds to a full refill); 
 requests carry the same `RateLimit-*` headers. The subject comes from a valid bearer token
 (an invalid one is ignored here and refused by the route). The IP is the TCP peer, unless the
 peer is one of TRUSTED_PROXIES: then it is the right-most address of `X-Forwarded-For` that is
-not itself a trusted proxy (gateway/clientip.py). With TRUSTED_PROXIES empty (the default)
+not itself a trusted proxy (gateway/http/clientip.py). With TRUSTED_PROXIES empty (the default)
 the header is ignored, and behind a reverse proxy every client shares the proxy's budget.
 
 If Redis fails, the check lets the request through (and logs): ingest then fails on its own with
@@ -42,10 +42,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.auth import Principal, Role, verify_token
-from gateway.clientip import client_ip
 from gateway.errors import ApiError
+from gateway.http.clientip import client_ip
+from gateway.http.prom import RATE_LIMITED
 from gateway.keys import REDIS, SETTINGS
-from gateway.metrics import RATE_LIMITED
 from schemas.settings import Settings
 
 __all__ = [
@@ -100,7 +100,7 @@ _SHA: Final = hashlib.sha1(GCRA_LUA.encode(), usedforsecurity=False).hexdigest()
 # One hash tag for every limiter key: a request's subject and IP keys are checked in one script
 # call, which on a Redis Cluster needs both on one slot.
 _PREFIX: Final = "{ia:rl}"
-# Probes an orchestrator and Prometheus must always reach; gateway/openapi.py documents 429
+# Probes an orchestrator and Prometheus must always reach; gateway/ops/openapi.py documents 429
 # on every other route.
 EXEMPT_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
 _HEADERS: Final = web.RequestKey("ratelimit_headers", dict[str, str])

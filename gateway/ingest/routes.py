@@ -19,7 +19,7 @@ is not appended again: retrying a request is always safe.
 **`?wait=true[&timeout=s]`** (0.1 to 60 s, default 10) answers 200 with the same body once
 every accepted or duplicate event is committed in TimescaleDB, 422 `dead_lettered` as soon as
 the rest are committed and some were dead-lettered by a worker (with each letter's reason), or
-504 `commit_timeout` listing the `pending` ids (they stay in flight); see `ingest_wait.py`.
+504 `commit_timeout` listing the `pending` ids (they stay in flight); see `wait.py`.
 
 **Checks at the gateway.** Every check that needs no state runs here, before an event is
 accepted: the envelope (msgspec: types, id and user id rules, time bounds), and the properties
@@ -44,13 +44,13 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.appender import AppendStatus
 from gateway.auth import Principal, authenticate
-from gateway.bodies import read_body
 from gateway.errors import ApiError, error_body
-from gateway.ingest_wait import WAIT_MAX_S, WAIT_MIN_S, dlq_position, wait_for_fate
+from gateway.http.bodies import read_body
+from gateway.http.prom import INGEST_EVENTS
+from gateway.ingest.appender import AppendStatus
+from gateway.ingest.wait import WAIT_MAX_S, WAIT_MIN_S, dlq_position, wait_for_fate
 from gateway.keys import APPENDER, REDIS, SETTINGS
-from gateway.metrics import INGEST_EVENTS
 from schemas.event_checks import Problem, checked_properties
 from schemas.events import (
     MAX_FUTURE_SKEW_S,

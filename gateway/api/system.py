@@ -21,7 +21,7 @@ from typing import Any, Final, cast, get_args
 
 from aiohttp import web
 
-from gateway.api import API, align_down, align_up, connection, json_response, parse_time
+from gateway.api.common import API, align_down, align_up, connection, json_response, parse_time
 from gateway.auth import require_role
 from gateway.errors import ApiError
 from gateway.keys import CLOCK

@@ -4,10 +4,10 @@ Written by hand next to the routes rather than generated, so the contract is rev
 changes; `tests/test_openapi.py` walks `app.router` and fails when a route is missing here (or
 documented but gone), and a schemathesis run checks every response against these schemas.
 Route groups that keep their description next to their routes contribute it here
-(`gateway/api_openapi.py` for `/api/v1`); `document()` merges them.
+(`gateway/ops/openapi_api.py` for `/api/v1`); `document()` merges them.
 
 Request bodies are the exception: a body a msgspec decoder reads is published as that decoder's
-type renders (gateway/openapi_bodies.py), and so are the WebSocket's messages. An operation
+type renders (gateway/ops/openapi_bodies.py), and so are the WebSocket's messages. An operation
 here says which body it takes, `required` and a `description` of what the handler checks
 after decoding; `document()` writes the schemas in.
 """
@@ -19,13 +19,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from gateway.admin_seed import SEED_PATHS
-from gateway.api_openapi import API_PATHS, API_SCHEMAS
-from gateway.bodies import MAX_RATIO
-from gateway.ingest_wait import WAIT_MAX_S, WAIT_MIN_S
-from gateway.openapi_bodies import NDJSON, WS_MESSAGES, with_bodies
-from gateway.openapi_bodies import SCHEMAS as BODY_SCHEMAS
-from gateway.ratelimit import EXEMPT_PATHS
+from gateway.http.bodies import MAX_RATIO
+from gateway.http.ratelimit import EXEMPT_PATHS
+from gateway.ingest.wait import WAIT_MAX_S, WAIT_MIN_S
+from gateway.ops.openapi_api import API_PATHS, API_SCHEMAS
+from gateway.ops.openapi_bodies import NDJSON, WS_MESSAGES, with_bodies
+from gateway.ops.openapi_bodies import SCHEMAS as BODY_SCHEMAS
+from gateway.ops.seed import SEED_PATHS
 
 __all__ = ["PATHS", "document", "routes"]
 
@@ -87,7 +87,7 @@ _WAIT_PARAMS: Final = [
     },
 ]
 _INGEST_ERRORS: Final = _errors(400, 401, 403, 413, 415, 422, 503, 504)
-# What every ingest body may be besides its JSON (gateway/bodies.py inflates it).
+# What every ingest body may be besides its JSON (gateway/http/bodies.py inflates it).
 _CODINGS: Final = (
     "The body may be sent with `Content-Encoding: gzip` (or `x-gzip`) or `deflate` (zlib); "
     "INGEST_MAX_BYTES (default 1 MiB) bounds it both as sent and inflated, and it may expand "
@@ -359,9 +359,9 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
 
 
 # Refusals that layers in front of every handler answer, whatever the route group wrote down:
-# the rate limiter (gateway/ratelimit.py) and, for a request body, aiohttp's reader
+# the rate limiter (gateway/http/ratelimit.py) and, for a request body, aiohttp's reader
 # (client_max_size: 413; a body it cannot read: 400, see gateway/errors.py) and the coding
-# check (a `Content-Encoding` where no handler inflates: 415, gateway/bodies.py).
+# check (a `Content-Encoding` where no handler inflates: 415, gateway/http/bodies.py).
 _LAYER_ERRORS: Final = {
     "400": _error("malformed request"),
     "413": _error("request body too large"),

@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from gateway.api import API, cached, connection, parse_int, reader
+from gateway.api.common import API, cached, connection, parse_int, reader
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
 from schemas.events import EVENT_ID_PATTERN, EVENT_TYPES

@@ -29,7 +29,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from gateway.api import (
+from gateway.api.common import (
     API,
     align_down,
     align_up,

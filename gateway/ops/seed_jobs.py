@@ -1,6 +1,6 @@
 """Seed runs in the background: one at a time per database, their state readable on any replica.
 
-`POST /admin/seed` (gateway/admin_seed.py) calls `SeedJobs.start`, which takes the database's
+`POST /admin/seed` (gateway/ops/seed.py) calls `SeedJobs.start`, which takes the database's
 seed lock and records the run in Redis before the 202 goes out, then seeds in a task of this
 gateway. The task writes the run's final state (`succeeded` with the seeder's report, or
 `failed` with the error) and only then lets go of the lock, so a run whose state still says

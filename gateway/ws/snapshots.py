@@ -23,9 +23,9 @@ from typing import Final
 
 import asyncpg
 
-from gateway.ws_frames import EntryKey, id_key, metrics_frame, notice_frame
-from gateway.ws_metrics import SENT
-from gateway.ws_session import Session
+from gateway.ws.frames import EntryKey, id_key, metrics_frame, notice_frame
+from gateway.ws.prom import SENT
+from gateway.ws.session import Session
 from schemas.ws import MetricsData
 from sinks.queries.aggregation_values import aggregation_values
 from sinks.queries.current_values import CurrentValues, current_values

@@ -2,10 +2,10 @@
 message, is in docs/websocket.md; the shapes are in schemas/ws.py.
 
 A browser page from an origin outside CORS_ORIGINS (and not the gateway's own) is refused with
-403 before the upgrade; requests without `Origin` are not browsers and pass (gateway/security.py).
-Authentication happens before the upgrade (a refused client gets an HTTP 401 it can read):
-`Authorization: Bearer <jwt>`, else `Sec-WebSocket-Protocol: bearer, <jwt>` (the `bearer`
-subprotocol is echoed, as browsers require), else a `token` query parameter. A token that
+403 before the upgrade; requests without `Origin` are not browsers and pass
+(gateway/http/security.py). Authentication happens before the upgrade (a refused client gets an HTTP
+401 it can read): `Authorization: Bearer <jwt>`, else `Sec-WebSocket-Protocol: bearer, <jwt>` (the
+`bearer` subprotocol is echoed, as browsers require), else a `token` query parameter. A token that
 expires during the session closes it with 4401.
 
 Input is never trusted: malformed JSON, unknown types, invalid fields and oversized frames get
@@ -29,15 +29,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway import ratelimit, requestid, security
 from gateway.auth import LEEWAY_S, verify_token
-from gateway.bodies import SERVER_OPTIONS
 from gateway.errors import ApiError, http_error
-from gateway.fanout import CLOSE_TIMEOUT_S, READ_SOCKET_TIMEOUT_S, Fanout
+from gateway.http import ratelimit, requestid, security
+from gateway.http.bodies import SERVER_OPTIONS
+from gateway.http.security import check_websocket_origin
 from gateway.keys import DB_POOL, FANOUT, REDIS, SETTINGS
-from gateway.security import check_websocket_origin
-from gateway.ws_messages import receive
-from gateway.ws_session import Session
+from gateway.ws.fanout import CLOSE_TIMEOUT_S, READ_SOCKET_TIMEOUT_S, Fanout
+from gateway.ws.messages import receive
+from gateway.ws.session import Session
 from schemas.settings import Settings
 
 __all__ = ["create_ws_app", "handler", "setup", "start_ws_site"]
@@ -163,7 +163,7 @@ async def _accept(
     ws = web.WebSocketResponse(
         protocols=(_BEARER,),
         autoping=False,  # pongs reach us: any frame proves the peer alive (see the heartbeat)
-        compress=False,  # frames are shared between sockets; see gateway/ws_session.py
+        compress=False,  # frames are shared between sockets; see gateway/ws/session.py
         max_msg_size=settings.ws_max_frame_bytes * _HARD_FRAME_FACTOR,
         timeout=CLOSE_TIMEOUT_S,
         decode_text=False,

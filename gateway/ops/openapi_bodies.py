@@ -23,9 +23,9 @@ from typing import Any, Final, get_args, get_origin
 
 import msgspec
 
-from gateway.admin import ReplayRequest
-from gateway.admin_seed import SeedRequest
-from gateway.api_goals import GoalIn, GoalPatch
+from gateway.api.goals import GoalIn, GoalPatch
+from gateway.ops.admin import ReplayRequest
+from gateway.ops.seed import SeedRequest
 from schemas.events import EventIn
 from schemas.ws import (
     AlertTriggered,
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 JSON: Final = "application/json"
-# One event per line (gateway/ingest.py). As OpenAPI 3.2 reads a sequential media type, the
+# One event per line (gateway/ingest/routes.py). As OpenAPI 3.2 reads a sequential media type, the
 # schema describes the lines as one array; 3.1 has no own reading for it.
 NDJSON: Final = "application/x-ndjson"
 REF_TEMPLATE: Final = "#/components/schemas/{name}"
@@ -68,7 +68,7 @@ BODY_TYPES: Final[Mapping[tuple[str, str], Mapping[str, Any]]] = {
     ("/admin/seed", "post"): {JSON: SeedRequest},
 }
 
-# Every message the WebSocket writes (gateway/ws_frames.py, ws_messages.py encode these).
+# Every message the WebSocket writes (gateway/ws/frames.py, gateway/ws/messages.py encode these).
 ServerMessage = (
     Subscribed | Unsubscribed | MetricsUpdate | AlertTriggered | Notice | Pong | ErrorMessage
 )

@@ -24,8 +24,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.appender import AppendStatus
 from gateway.errors import ApiError
+from gateway.ingest.appender import AppendStatus
 from gateway.keys import APPENDER, DB_POOL, REDIS
 from schemas.dead_letters import letter_events, text
 from schemas.events import StreamEvent

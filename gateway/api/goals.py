@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.api import API, connection, json_response, reader
+from gateway.api.common import API, connection, json_response, reader
 from gateway.errors import ApiError
 from gateway.keys import CLOCK, REDIS
 from schemas.events import split_error
@@ -49,7 +49,7 @@ Status = Literal["active", "achieved", "missed", "cancelled"]
 Target = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 # What `create` and `_check_deadline` check after decoding, published with the structs in
-# /openapi.json (gateway/openapi_bodies.py); the annotations change no decoding.
+# /openapi.json (gateway/ops/openapi_bodies.py); the annotations change no decoding.
 Metric = Annotated[str, msgspec.Meta(extra_json_schema={"enum": sorted(CATALOGUE)})]
 Deadline = Annotated[AwareTime, msgspec.Meta(description="in the future")]
 
