@@ -2,7 +2,7 @@
 
 One home for their names, periods, units and descriptions, shared by the maintenance task
 (pipeline/maintenance.py, which holds the SQL), the analytics API (`/metrics/aggregations`,
-`/metrics/catalog`) and the WebSocket (gateway/ws_messages.py), which may not import each other.
+`/metrics/catalog`) and the WebSocket (gateway/ws/messages.py), which may not import each other.
 
 Each series has two names: `name`, snake_case, as stored in `metric_aggregations.metric_name`
 and accepted by `GET /api/v1/metrics/aggregations?name=`; and `metric`, camelCase like the rest

@@ -82,7 +82,7 @@ class EventIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One event as a producer sends it. Unknown fields are refused so typos surface at once."""
 
     # The descriptions and the `properties` object type are published in /openapi.json
-    # (gateway/openapi_bodies.py); they state checks the gateway makes after decoding.
+    # (gateway/ops/openapi_bodies.py); they state checks the gateway makes after decoding.
     user_id: Annotated[UserId, msgspec.Meta(description="a user token may send only its own")]
     type: EventType
     event_id: Annotated[

@@ -24,7 +24,7 @@ __all__ = [
 # Where the gateway appends accepted events, one stream per partition so replicas share work
 # by partition while one user's events keep their order.
 _EVENTS: Final = "ia:events:{%d}"
-# Per-partition dedup sets, one per time slice of the dedup window; see gateway/appender.py.
+# Per-partition dedup sets, one per time slice of the dedup window; see gateway/ingest/appender.py.
 _DEDUP: Final = "ia:dedup:{%d}:%d"
 # Per-partition hash of monotonic counters `appended` and `acked` (events, not entries); their
 # difference is the backlog the gateway compares with INGEST_MAX_BACKLOG.

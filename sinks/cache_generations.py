@@ -1,6 +1,6 @@
 """Per-user cache generations: what makes the API's cached answers for a user stale.
 
-The gateway caches hot API answers in Redis (gateway/cache.py), each stamped with the user's
+The gateway caches hot API answers in Redis (gateway/api/cache.py), each stamped with the user's
 current generation token; an answer whose stamp differs from the token now stored is a miss.
 The worker calls `invalidate` right after committing a batch and before announcing it on
 `ia:metrics`, so a dashboard that refetches on a `metrics_update` can never be served an

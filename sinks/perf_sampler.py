@@ -1,7 +1,7 @@
 """Self-monitoring: every PERF_SAMPLE_INTERVAL a process turns its own cumulative Prometheus
 figures into one `performance_metrics` row (sinks/performance.py).
 
-The figures come from what the process already counts; each side says which (gateway/perf.py,
+The figures come from what the process already counts; each side says which (gateway/ops/perf.py,
 pipeline/perf.py) as a `Totals` snapshot, and the sampler stores the differences between two
 snapshots divided by the seconds between them. COPY latency p99 is estimated from the
 histogram's bucket counts added in the interval, the way Prometheus' `histogram_quantile`

@@ -1,6 +1,6 @@
 """The `performance_metrics` hypertable: one row per process every PERF_SAMPLE_INTERVAL, written
 by the samplers (sinks/perf_sampler.py) and read per time bucket by
-`GET /api/v1/system/performance` (gateway/api_system.py).
+`GET /api/v1/system/performance` (gateway/api/system.py).
 
 Prometheus keeps these figures for its own retention; this table keeps them as long as
 RETENTION_DAYS (the maintenance task drops its old chunks with the other raw tables), so an
