@@ -97,6 +97,7 @@ async def run_worker(
         # runner did not.
         for task in (stopper, *duties):
             task.cancel()
+        await asyncio.gather(stopper, *duties, return_exceptions=True)
         _raise_first_failure(tasks)
         log.info(
             "worker stopped",
@@ -176,7 +177,10 @@ async def _finish_batches(runners: list[Runner], tasks: list[asyncio.Task[None]]
         r.stop()
     try:
         async with asyncio.timeout(FINISH_BATCH_SECONDS):
-            await asyncio.gather(*tasks)
+            # Failures are kept in their tasks (`_raise_first_failure` reports the first):
+            # raising here would leave the other runners' batches and the duties running
+            # while the exit stack closes Redis and the pool under them.
+            await asyncio.gather(*tasks, return_exceptions=True)
     except TimeoutError:
         log.error("batch not finished in time; its entries stay pending for another replica")
         for t in tasks:
