@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth import mint_token
-from gateway.ingest.routes import uuid7
+from gateway.ingest.ids import uuid7
 from migrations import runner
 from pipeline.runner import DeadLetter, Delivery, Runner
 from schemas.events import StreamEvent, stream_event_decoder, stream_event_encoder
