@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as redis
 
-from gateway.ingest.appender import id_digest
+from gateway.ingest.append_script import id_digest
 from pipeline.processor import metric_updates, touched
 from pipeline.stages.enrich import read_scores, write_scores
 from pipeline.stages.validate import ValidEvent
