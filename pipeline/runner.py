@@ -64,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# XREADGROUP BLOCK must stay well under the client's socket timeout (DESIGN.md section 8).
+# XREADGROUP BLOCK must stay well under the client's socket timeout (docs/architecture.md,
+# "Costs that shaped the design").
 MAX_BLOCK_MS: Final = 2000
 TRIM_EVERY_S: Final = 5.0
 

@@ -1,6 +1,7 @@
 """The fan-out's life: a real `analytics gateway` process on SIGTERM, and the reader surviving
-what DESIGN.md section 8 warns about (a stalled event loop, a Redis connection cut) without
-losing an entry. Faults are real: the loop is blocked, the TCP connection is cut by a proxy."""
+what docs/architecture.md ("Costs that shaped the design") warns about (a stalled event loop,
+a Redis connection cut) without losing an entry. Faults are real: the loop is blocked, the TCP
+connection is cut by a proxy."""
 
 from __future__ import annotations
 

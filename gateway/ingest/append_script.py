@@ -37,7 +37,8 @@ __all__ = ["APPEND_LUA", "DUPLICATE", "MAX_EVENTS_PER_CALL", "DedupWindow", "id_
 # Returns one character per event: "0" appended, "1" duplicate.
 # Order of writes: XADD first, so any failure after it can only make a retry append again
 # (at-least-once, the database's unique index absorbs it), never lose an event as "duplicate".
-# No MAXLEN on XADD: the trimmer removes only what every group acknowledged (DESIGN.md 2).
+# No MAXLEN on XADD: the trimmer removes only what every group acknowledged
+# (docs/architecture.md, "Delivery guarantees").
 APPEND_LUA: Final = """#!lua
 local n = (#ARGV - 1) / 3
 local digests = {}

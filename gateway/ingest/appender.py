@@ -1,7 +1,8 @@
 """Append accepted events to the partition streams: group commit and backpressure.
 
 One awaited Redis call costs about 95 us of event-loop time, twice aiohttp's own cost per
-request (DESIGN.md section 8), so the appender never spends one per request:
+request (docs/architecture.md, "Costs that shaped the design"), so the appender never spends
+one per request:
 
 - **Group commit.** `append()` queues a request's events and awaits a future. The queue is
   flushed ~1 ms after its first event arrives, or at once when `max_pending` events wait. One

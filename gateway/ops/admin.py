@@ -67,7 +67,8 @@ return {id, 1}
 """
 # A retry after a crash comes within minutes or hours. Past a week, a letter whose XDEL was
 # lost would be appended again, which the hypertables' unique index on event_id still absorbs
-# (DESIGN.md 2), so the marks (a few dozen bytes per replayed letter) need not live forever.
+# (docs/architecture.md, "Delivery guarantees"), so the marks (a few dozen bytes per replayed
+# letter) need not live forever.
 _REPLAY_MARK_TTL_S: Final = 7 * 86400
 _PAGE_DEFAULT: Final = 50
 _U64_MAX: Final = (1 << 64) - 1

@@ -8,7 +8,8 @@ so every session sees ids in increasing order.
 
 The reader is supervised: any error, `redis.exceptions.TimeoutError` included, is logged,
 counted and followed by a restart from the same position, so nothing is skipped; if entries
-were trimmed while it was down, every session is told to resync (DESIGN.md section 8).
+were trimmed while it was down, every session is told to resync (docs/architecture.md,
+"Costs that shaped the design").
 
 A heartbeat sweep, one task for all sessions, pings every WS_HEARTBEAT_INTERVAL, closes a peer
 that answered none of the last two pings (4408) and a session whose token expired (4401).
@@ -48,7 +49,8 @@ __all__ = ["CLOSE_TIMEOUT_S", "READ_BLOCK_MS", "READ_SOCKET_TIMEOUT_S", "Fanout"
 log = logging.getLogger(__name__)
 
 # Well under the reader's socket timeout: a busy loop can delay the reply by seconds before
-# redis-py gives up on it, and then the supervisor restarts the reader (DESIGN.md section 8).
+# redis-py gives up on it, and then the supervisor restarts the reader (docs/architecture.md,
+# "Costs that shaped the design").
 READ_BLOCK_MS: Final = 1000
 READ_SOCKET_TIMEOUT_S: Final = 10.0
 # Entries per XREAD; a larger burst is read in several rounds.

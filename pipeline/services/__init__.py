@@ -6,7 +6,8 @@ this machine are managed, and PostgreSQL only as a Debian cluster (`pg_lscluster
 
 Every step of `up` first looks whether its result is already there, so a second run changes
 nothing and takes seconds. Debian 12 has no TimescaleDB package: there `up` builds the Apache
-edition from Debian 13's source package against the local server (design doc, section 5);
+edition from Debian 13's source package against the local server (docs/architecture.md,
+"The two TimescaleDB editions");
 `up --timescaledb-source PATH` builds the full edition from an upstream source instead, and
 `--edition timescale` makes the application's database full-edition (full_edition.py).
 `down` stops the PostgreSQL cluster on TIMESCALE_PORT and the Redis on REDIS_PORT, whoever
