@@ -1,6 +1,6 @@
 """What every analytics API route shares: who may read whose data, parameters, the database,
-the answer cache. The routes live in api_metrics.py, api_events.py and api_goals.py, and
-api_system.py (`/api/v1/system`: operations figures, admin role only, not per user).
+the answer cache. The routes live beside it in metrics.py, summary.py, events.py and goals.py,
+and system.py (`/api/v1/system`: operations figures, admin role only, not per user).
 
 Access: roles `user` and `admin` (401 without a valid token, 403 for `producer`). A user reads
 its own data; `?userId=` naming anyone else is a 403. An admin reads any user's data with
