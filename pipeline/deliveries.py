@@ -16,7 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.dead_letters import text
+from schemas.stream_ids import id_key
 
+# id_key lives in schemas/stream_ids.py (the gateways order ids too); re-exported for the
+# runtime's modules (claims, trimming) that import it from here.
 __all__ = [
     "BACKOFF_FIRST_S",
     "BACKOFF_MAX_S",
@@ -87,12 +90,6 @@ class DeadLetter:
 
 
 Handler = Callable[[list[Delivery]], Awaitable[list[DeadLetter]]]
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """Sort key of a stream entry id (`ms-seq`): ids do not order as strings."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def parse_reply(reply: Any, *, deliveries: int) -> list[Delivery]:

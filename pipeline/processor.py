@@ -23,6 +23,7 @@ from pipeline.stages.rows import rows_for, to_datetime
 from pipeline.stages.validate import ValidEvent, validate
 from schemas.metrics import metrics_changed_by
 from schemas.streams import METRICS_STREAM
+from schemas.timefmt import iso_ms
 from sinks.cache_generations import invalidate
 from sinks.queries.current_values import current_values
 from sinks.timescale import write_batch
@@ -30,10 +31,6 @@ from sinks.timescale import write_batch
 __all__ = ["Processor", "metric_updates", "touched"]
 
 STAGE: Final = "store"
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def metric_updates(
@@ -46,11 +43,11 @@ def metric_updates(
         e = v.event
         changed[e.user_id] |= metrics_changed_by(e.type)
         newest[e.user_id] = max(newest.get(e.user_id, 0), e.time_us)
-    committed = _iso(committed_at)
+    committed = iso_ms(committed_at)
     updates = []
     for user, names in changed.items():
         current = values.get(user, {})
-        as_of = _iso(to_datetime(newest[user]))
+        as_of = iso_ms(to_datetime(newest[user]))
         for name in sorted(names):
             updates.append(
                 {

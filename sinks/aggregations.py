@@ -20,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 
 from schemas.aggregations import AGGREGATIONS, CURRENT_LOOKBACK, UPDATES_PER_ENTRY
 from schemas.streams import METRICS_STREAM
+from schemas.timefmt import iso_ms
 from sinks.cache_generations import invalidate
 from sinks.db import Conn
 
@@ -116,10 +117,6 @@ class AggregationRun:
     changed_users: frozenset[str]  # users whose stored points changed
 
 
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 async def compute_aggregations(conn: Conn, at: datetime | None = None) -> AggregationRun:
     """Upsert every derived series as of `at` (default now), stamped on the hour, in one
     transaction; returns what changed, for `publish_aggregations`."""
@@ -147,7 +144,7 @@ def metrics_entries(run: AggregationRun) -> list[dict[FieldT, EncodableT]]:
     """The run's changed values as `ia:metrics` entries in the processor's format (without
     `touched`: no raw rows changed, so the rollup group has nothing to recompute), at most
     UPDATES_PER_ENTRY updates each; one user's updates stay in one entry."""
-    as_of, committed = _iso(run.at), _iso(run.committed_at)
+    as_of, committed = iso_ms(run.at), iso_ms(run.committed_at)
     entries: list[dict[FieldT, EncodableT]] = []
     chunk: list[dict[str, Any]] = []
     for user in sorted(run.updates):

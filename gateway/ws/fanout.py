@@ -26,22 +26,15 @@ import msgspec
 from redis.asyncio import Redis
 
 from gateway.ws import prom as m
-from gateway.ws.frames import (
-    EntryKey,
-    alert_frame,
-    epoch_ms,
-    error_frame,
-    id_key,
-    lag_ms,
-    metrics_frame,
-    notice_frame,
-)
+from gateway.ws.frames import alert_frame, error_frame, lag_ms, metrics_frame, notice_frame
 from gateway.ws.replay import stream_bounds
 from gateway.ws.session import Session, Shared, sweep
 from gateway.ws.snapshots import PoolGetter, SnapshotLoader, SnapshotUnavailable, resync
 from schemas.alerts import ALERT_FIELD, alert_decoder
 from schemas.settings import Settings
+from schemas.stream_ids import EntryKey, id_key
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM
+from schemas.timefmt import epoch_ms
 from schemas.ws import METRICS_ENTRY_VERSION, MetricsData, MetricUpdate, metric_updates_decoder
 
 __all__ = ["CLOSE_TIMEOUT_S", "READ_BLOCK_MS", "READ_SOCKET_TIMEOUT_S", "Fanout"]

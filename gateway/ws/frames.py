@@ -1,4 +1,4 @@
-"""Server messages as ready-to-write WebSocket frames, and stream ids as sortable keys.
+"""Server messages as ready-to-write WebSocket frames.
 
 A server frame is unmasked and, since we negotiate no compression, the same bytes for every
 client, so each distinct payload is encoded and framed once and written to many sockets.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import struct
 import time
-from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 
 from schemas.alerts import Alert
+from schemas.stream_ids import EntryKey, id_key
+from schemas.timefmt import epoch_ms
 from schemas.ws import (
     AlertNotice,
     AlertTriggered,
@@ -26,6 +27,8 @@ from schemas.ws import (
     server_encoder,
 )
 
+# EntryKey, id_key and epoch_ms live in schemas/ (the workers use them too); re-exported for
+# the modules of gateway/ws that import them from here.
 __all__ = [
     "PING_FRAME",
     "EntryKey",
@@ -39,7 +42,6 @@ __all__ = [
     "text_frame",
 ]
 
-EntryKey = tuple[int, int]
 # An unmasked, empty PING (opcode 0x9) with FIN set.
 PING_FRAME: Final = b"\x89\x00"
 _HEADER2: Final = struct.Struct("!BBH")
@@ -54,20 +56,6 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return _HEADER2.pack(0x81, 126, n) + payload
     return _HEADER8.pack(0x81, 127, n) + payload
-
-
-def id_key(entry_id: str) -> EntryKey:
-    """A stream id as a sortable pair; `<ms>` alone means `<ms>-0`."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def epoch_ms(stamp: str) -> int:
-    """Milliseconds since the epoch of an RFC 3339 time (`...Z`); 0 if unreadable."""
-    try:
-        return int(datetime.fromisoformat(stamp).timestamp() * 1000)
-    except ValueError:
-        return 0
 
 
 def lag_ms(since_ms: int) -> int:

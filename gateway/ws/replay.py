@@ -17,10 +17,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.ws.frames import EntryKey, alert_frame, epoch_ms, id_key, lag_ms, metrics_frame
+from gateway.ws.frames import alert_frame, lag_ms, metrics_frame
 from gateway.ws.session import Session
 from schemas.alerts import ALERT_FIELD, alert_decoder
+from schemas.stream_ids import EntryKey, id_key
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM
+from schemas.timefmt import epoch_ms
 from schemas.ws import METRICS_ENTRY_VERSION, MetricsData, MetricUpdate, metric_updates_decoder
 
 __all__ = [

@@ -23,9 +23,11 @@ from typing import Final
 
 import asyncpg
 
-from gateway.ws.frames import EntryKey, id_key, metrics_frame, notice_frame
+from gateway.ws.frames import metrics_frame, notice_frame
 from gateway.ws.prom import SENT
 from gateway.ws.session import Session
+from schemas.stream_ids import EntryKey, id_key
+from schemas.timefmt import iso_ms
 from schemas.ws import MetricsData
 from sinks.queries.aggregation_values import aggregation_values
 from sinks.queries.current_values import CurrentValues, current_values
@@ -62,7 +64,7 @@ class Snapshot:
     def frame(self, user: str, metrics: frozenset[str]) -> bytes:
         current = self.values.get(user, {})
         values = {name: current.get(name) for name in sorted(metrics)}
-        as_of = self.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        as_of = iso_ms(self.at)
         lag = max(0, int((time.time() - self.at.timestamp()) * 1000))
         return metrics_frame(self.entry_id, MetricsData(user, values, as_of, lag, snapshot=True))
 
