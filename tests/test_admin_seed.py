@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.http.bodies import SERVER_OPTIONS
-from gateway.ops import seed_jobs
+from gateway.ops import seed_jobs, seed_lock
 from migrations import runner
 from schemas.settings import Settings
 from sinks.db import connect
@@ -302,7 +302,7 @@ async def test_the_holder_renews_the_lock_and_stops_its_work_when_the_lock_is_go
     """The renewal the runs rely on, at a short interval: it keeps the lock and the run's record
     alive while the work goes on, and cancels the work once another could have the database."""
     s = ops_settings()
-    lock, record = seed_jobs._lock_key(s), seed_jobs._run_key("a" * 32)
+    lock, record = seed_lock.lock_key(s), seed_lock.run_key("a" * 32)
     await redis.set(lock, "a" * 32, px=1000)
     await redis.set(record, b"{}", ex=10)
     renewals = asyncio.Event()
@@ -316,17 +316,17 @@ async def test_the_holder_renews_the_lock_and_stops_its_work_when_the_lock_is_go
 
     work_task = asyncio.ensure_future(work())
     holding = asyncio.create_task(
-        seed_jobs._holding(redis, s, "a" * 32, work_task, record=True, renew_s=0.02)
+        seed_lock.holding(redis, s, "a" * 32, work_task, record=True, renew_s=0.02)
     )
     async with asyncio.timeout(10):
         await renewals.wait()
     assert await redis.pttl(lock) > 1000  # set to LOCK_TTL_MS
     assert await redis.ttl(record) > 10  # set to RUN_TTL_S
     await redis.set(lock, "b" * 32)  # expired, then taken by another run
-    with pytest.raises(seed_jobs._LockLost):
+    with pytest.raises(seed_lock.LockLost):
         await holding
     assert work_task.cancelled()
-    await seed_jobs._release(redis, s, "a" * 32)
+    await seed_lock.release(redis, s, "a" * 32)
     assert await redis.get(lock) == b"b" * 32  # not ours: left alone
 
 

@@ -22,7 +22,8 @@
 - `DELETE /admin/seed`: remove everything the seeder wrote, and nothing else: 200
   `{"removed": {table: rows}}`; 409 `seed_in_progress` while a run loads; 403 in production.
 
-How runs are locked, tracked and cancelled: gateway/ops/seed_jobs.py.
+How runs are locked and recorded: gateway/ops/seed_lock.py; tracked and cancelled:
+gateway/ops/seed_jobs.py.
 """
 
 from __future__ import annotations
@@ -35,17 +36,8 @@ from aiohttp import web
 from gateway.auth import require_role
 from gateway.errors import ApiError
 from gateway.keys import DB_POOL, SETTINGS
-from gateway.ops.seed_jobs import (
-    SEED_JOBS,
-    SeedBusy,
-    SeedJobs,
-    SeedParams,
-    ShuttingDown,
-    is_run_id,
-    read_run,
-    status_url,
-    with_seed_lock,
-)
+from gateway.ops.seed_jobs import SEED_JOBS, SeedJobs, ShuttingDown, is_run_id, status_url
+from gateway.ops.seed_lock import SeedBusy, SeedParams, read_run, with_seed_lock
 from schemas.events import split_error
 from seeder.generate import clear, seed_status
 
