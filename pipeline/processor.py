@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
-import orjson
 import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
 from pipeline.stages.enrich import read_scores, write_scores
 from pipeline.stages.rows import rows_for, to_datetime
 from pipeline.stages.validate import ValidEvent, validate
+from schemas.entries import metric_update, metrics_entry
 from schemas.metrics import metrics_changed_by
 from schemas.streams import METRICS_STREAM
 from schemas.timefmt import iso_ms
@@ -36,7 +36,8 @@ STAGE: Final = "store"
 def metric_updates(
     events: list[ValidEvent], values: dict[str, dict[str, float | None]], committed_at: datetime
 ) -> list[dict[str, Any]]:
-    """One update per (user, metric) the batch changed, carrying the new current value."""
+    """One update per (user, metric) the batch changed, carrying the new current value, as
+    the entry carries it (schemas/entries.py)."""
     changed: dict[str, set[str]] = defaultdict(set)
     newest: dict[str, int] = {}
     for v in events:
@@ -49,15 +50,7 @@ def metric_updates(
         current = values.get(user, {})
         as_of = iso_ms(to_datetime(newest[user]))
         for name in sorted(names):
-            updates.append(
-                {
-                    "userId": user,
-                    "metric": name,
-                    "value": current.get(name),
-                    "asOf": as_of,
-                    "committedAt": committed,
-                }
-            )
+            updates.append(metric_update(user, name, current.get(name), as_of, committed))
     return updates
 
 
@@ -99,8 +92,5 @@ class Processor:
         # Before announcing the batch: a dashboard refetching on its update must miss the cache.
         await invalidate(self.redis, users)
         updates = metric_updates(valid, values, committed_at)
-        await self.redis.xadd(
-            METRICS_STREAM,
-            {"v": 1, "updates": orjson.dumps(updates), "touched": orjson.dumps(touched(valid))},
-        )
+        await self.redis.xadd(METRICS_STREAM, metrics_entry(updates, touched(valid)))
         return dead

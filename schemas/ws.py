@@ -1,4 +1,4 @@
-"""WebSocket message shapes (docs/websocket.md describes each one) and the `ia:metrics` entry.
+"""WebSocket message shapes (docs/websocket.md describes each one).
 
 Every message is a JSON object with `type` first; server messages put their payload under
 `data`, and the two that come from a stream (`metrics_update`, `alert_triggered`) carry the
@@ -16,10 +16,12 @@ from typing import Annotated, Final
 import msgspec
 
 from schemas.alerts import Alert
+from schemas.entries import MetricUpdate
 from schemas.events import UserId
 
+# MetricUpdate, the `ia:metrics` update, lives in schemas/entries.py with the rest of that
+# entry; re-exported for gateway/ws/session.py, which imports it from here.
 __all__ = [
-    "METRICS_ENTRY_VERSION",
     "AckData",
     "AlertNotice",
     "AlertTriggered",
@@ -46,14 +48,8 @@ __all__ = [
     "UnsubscribeData",
     "Unsubscribed",
     "client_decoder",
-    "metric_updates_decoder",
     "server_encoder",
 ]
-
-# The `v` field of an `ia:metrics` entry this reader understands: written by the processor
-# (pipeline/processor.py) and, for the derived series, by the maintenance task
-# (sinks/aggregations.py).
-METRICS_ENTRY_VERSION: Final = b"1"
 
 # The catalogue and the derived series are under twenty names; a longer list is a bug or an
 # attack, not a dashboard.
@@ -204,19 +200,3 @@ class ErrorMessage(_Struct, frozen=True, tag="error", tag_field="type"):
 
 
 server_encoder: Final = msgspec.json.Encoder()
-
-
-# --- ia:metrics --------------------------------------------------------------------------
-
-
-class MetricUpdate(_Struct, frozen=True):
-    """One (user, metric) current value of an `ia:metrics` entry's `updates` list."""
-
-    user_id: str
-    metric: str
-    value: float | None
-    as_of: str
-    committed_at: str
-
-
-metric_updates_decoder: Final = msgspec.json.Decoder(list[MetricUpdate])

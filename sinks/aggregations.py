@@ -3,7 +3,7 @@
 The SQL of each series in schemas/aggregations.py lives here; `compute_aggregations` upserts
 every series as of a moment in one transaction and reports, per user, the current values that
 changed; `publish_aggregations` invalidates those users' cached API answers and appends the
-changed values to `ia:metrics` in the processor's format, so WebSocket subscribers get a
+changed values to `ia:metrics` (schemas/entries.py), so WebSocket subscribers get a
 `metrics_update`. The maintenance task (pipeline/maintenance.py) runs both on its schedule;
 the seeder backfills a point per day of its history with `compute_aggregations`.
 """
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
 import redis.asyncio as redis
 from redis.typing import EncodableT, FieldT
 
 from schemas.aggregations import AGGREGATIONS, CURRENT_LOOKBACK, UPDATES_PER_ENTRY
+from schemas.entries import metric_update, metrics_entry
 from schemas.streams import METRICS_STREAM
 from schemas.timefmt import iso_ms
 from sinks.cache_generations import invalidate
@@ -141,8 +141,8 @@ async def compute_aggregations(conn: Conn, at: datetime | None = None) -> Aggreg
 
 
 def metrics_entries(run: AggregationRun) -> list[dict[FieldT, EncodableT]]:
-    """The run's changed values as `ia:metrics` entries in the processor's format (without
-    `touched`: no raw rows changed, so the rollup group has nothing to recompute), at most
+    """The run's changed values as `ia:metrics` entries (schemas/entries.py) without
+    `touched` (no raw rows changed, so the rollup group has nothing to recompute), at most
     UPDATES_PER_ENTRY updates each; one user's updates stay in one entry."""
     as_of, committed = iso_ms(run.at), iso_ms(run.committed_at)
     entries: list[dict[FieldT, EncodableT]] = []
@@ -150,14 +150,11 @@ def metrics_entries(run: AggregationRun) -> list[dict[FieldT, EncodableT]]:
     for user in sorted(run.updates):
         values = run.updates[user]
         if chunk and len(chunk) + len(values) > UPDATES_PER_ENTRY:
-            entries.append({"v": 1, "updates": orjson.dumps(chunk)})
+            entries.append(metrics_entry(chunk))
             chunk = []
-        chunk += [
-            {"userId": user, "metric": m, "value": v, "asOf": as_of, "committedAt": committed}
-            for m, v in sorted(values.items())
-        ]
+        chunk += [metric_update(user, m, v, as_of, committed) for m, v in sorted(values.items())]
     if chunk:
-        entries.append({"v": 1, "updates": orjson.dumps(chunk)})
+        entries.append(metrics_entry(chunk))
     return entries
 
 

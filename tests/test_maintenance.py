@@ -19,9 +19,9 @@ from migrations import runner
 from pipeline import maintenance
 from pipeline.worker import open_redis
 from schemas.aggregations import AGGREGATIONS, CURRENT_LOOKBACK, UPDATES_PER_ENTRY
+from schemas.entries import metric_updates_decoder
 from schemas.settings import Settings
 from schemas.streams import METRICS_STREAM
-from schemas.ws import metric_updates_decoder
 from seeder.generate import seed
 from sinks.aggregations import AggregationRun, metrics_entries, publish_aggregations
 from sinks.cache_generations import generation_key

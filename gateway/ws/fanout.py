@@ -31,11 +31,12 @@ from gateway.ws.replay import stream_bounds
 from gateway.ws.session import Session, Shared, sweep
 from gateway.ws.snapshots import PoolGetter, SnapshotLoader, SnapshotUnavailable, resync
 from schemas.alerts import ALERT_FIELD, alert_decoder
+from schemas.entries import MetricUpdate, UnreadableEntry, read_updates
 from schemas.settings import Settings
 from schemas.stream_ids import EntryKey, id_key
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM
 from schemas.timefmt import epoch_ms
-from schemas.ws import METRICS_ENTRY_VERSION, MetricsData, MetricUpdate, metric_updates_decoder
+from schemas.ws import MetricsData
 
 __all__ = ["CLOSE_TIMEOUT_S", "READ_BLOCK_MS", "READ_SOCKET_TIMEOUT_S", "Fanout"]
 
@@ -255,14 +256,14 @@ class Fanout:
     # --- dispatch --------------------------------------------------------------------------
 
     def dispatch_metrics(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        if fields.get(b"v") != METRICS_ENTRY_VERSION:
-            m.READER_ERRORS.labels("UnknownEntryVersion").inc()
-            return
         try:
-            updates = metric_updates_decoder.decode(fields[b"updates"])
-        except (KeyError, msgspec.DecodeError) as e:
+            updates = read_updates(fields)
+        except UnreadableEntry as e:
             m.READER_ERRORS.labels("BadEntry").inc()
             log.warning("unreadable metrics entry", extra={"id": entry_id, "error": repr(e)})
+            return
+        if updates is None:
+            m.READER_ERRORS.labels("UnknownEntryVersion").inc()
             return
         by_user: dict[str, list[MetricUpdate]] = {}
         for u in updates:

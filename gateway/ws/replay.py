@@ -20,10 +20,11 @@ from redis.exceptions import ResponseError
 from gateway.ws.frames import alert_frame, lag_ms, metrics_frame
 from gateway.ws.session import Session
 from schemas.alerts import ALERT_FIELD, alert_decoder
+from schemas.entries import MetricUpdate, UnreadableEntry, read_updates
 from schemas.stream_ids import EntryKey, id_key
 from schemas.streams import ALERTS_STREAM, METRICS_STREAM
 from schemas.timefmt import epoch_ms
-from schemas.ws import METRICS_ENTRY_VERSION, MetricsData, MetricUpdate, metric_updates_decoder
+from schemas.ws import MetricsData
 
 __all__ = [
     "RESUME_MAX_ENTRIES",
@@ -164,11 +165,11 @@ async def _alerts_after(
 
 
 def _metrics_frames(session: Session, entry_id: str, fields: dict[bytes, bytes]) -> list[bytes]:
-    if fields.get(b"v") != METRICS_ENTRY_VERSION:
-        return []
     try:
-        updates = metric_updates_decoder.decode(fields[b"updates"])
-    except (KeyError, msgspec.DecodeError):
+        updates = read_updates(fields)
+    except UnreadableEntry:
+        return []  # counted by the live reader when it met the same entry
+    if updates is None:
         return []
     by_user: dict[str, list[MetricUpdate]] = {}
     for u in updates:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
-import orjson
 import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
 from pipeline.stages.rows import to_datetime
+from schemas.entries import UnreadableEntry, read_touched
 from sinks.cache_generations import invalidate
 from sinks.rollups import edition, level
 
@@ -45,17 +45,16 @@ class RollupStage:
         spans: dict[str, tuple[int, int]] = {}
         dead: list[DeadLetter] = []
         for d in batch:
-            fields = dict(d.fields)
-            raw = fields.get(b"touched")
-            if raw is None:
-                continue  # derived values or an older writer's entry: no raw rows changed
             try:
-                touched = orjson.loads(raw)
-                for user, (lo, hi) in touched.items():
-                    old = spans.get(user)
-                    spans[user] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
+                touched = read_touched(dict(d.fields))
+            except UnreadableEntry as e:
                 dead.append(DeadLetter(d, f"unreadable touched spans: {e}", STAGE))
+                continue
+            if touched is None:
+                continue  # derived values or an older writer's entry: no raw rows changed
+            for user, (lo, hi) in touched.items():
+                old = spans.get(user)
+                spans[user] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         if spans:
             async with self.pool.acquire() as conn:
                 if self.full is None:
