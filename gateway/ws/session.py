@@ -13,7 +13,8 @@ at once. Above it the client is reading too slowly: metric values are coalesced 
 and a timer retries until the buffer drains. Messages that must not be lost (alerts, replies)
 are still written up to `hard`; past that the client cannot be served and is closed with 1013.
 The same `pending` serves `updateFrequency` (a period per connection) and the hold during a
-snapshot or replay, so one mechanism keeps every message in stream-id order.
+snapshot or replay, so one mechanism keeps every message in stream-id order. The values it
+keeps, and how they fold, are gateway/ws/pending.py; here is when they are written.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from gateway.ws.frames import PING_FRAME, EntryKey, metrics_frame
+from gateway.ws.frames import PING_FRAME, EntryKey
+from gateway.ws.pending import Pending, PendingByUser, discard_covered, drop_metrics, pending_frames
 from gateway.ws.prom import CLOSED, DROPPED, SENT
-from schemas.ws import MetricsData, MetricUpdate
+from schemas.ws import MetricUpdate
 
 if TYPE_CHECKING:  # gateway.auth imports gateway.keys, which imports this module's users
     from gateway.auth import Principal
@@ -52,19 +54,6 @@ class Shared:
     hard_bytes: int
     close_timeout_s: float
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-
-class _Pending:
-    """A user's coalesced values waiting to be sent, and the newest entry folded in."""
-
-    __slots__ = ("as_of", "committed_ms", "entry_id", "key", "values")
-
-    def __init__(self) -> None:
-        self.values: dict[str, float | None] = {}
-        self.entry_id = ""
-        self.key: EntryKey = (0, 0)
-        self.as_of = ""
-        self.committed_ms = 0
 
 
 class Session:
@@ -111,7 +100,7 @@ class Session:
         self.alert_users: frozenset[str] = frozenset()  # the empty one is shared: no cost
         self.frequency = 0.0
         self.next_due = 0.0
-        self.pending: dict[str, _Pending] | None = None
+        self.pending: PendingByUser | None = None
         self.held: list[tuple[EntryKey, bytes]] | None = None
         self.hold = 0
         # Entries up to these ids were sent by a replay; the live fan-out skips them.
@@ -193,16 +182,8 @@ class Session:
             self.pending = {}
         p = self.pending.get(user)
         if p is None:
-            p = self.pending[user] = _Pending()
-        replaced = 0
-        for u in updates:
-            if u.metric in wanted:
-                if u.metric in p.values:
-                    replaced += 1
-                p.values[u.metric] = u.value
-                p.as_of = max(p.as_of, u.as_of)
-        p.entry_id, p.key = entry_id, key
-        p.committed_ms = max(p.committed_ms, committed_ms)
+            p = self.pending[user] = Pending()
+        replaced = p.fold(key, entry_id, updates, wanted, committed_ms)
         if replaced:
             reason = "hold" if self.hold else "frequency" if self.frequency else "backpressure"
             _DROPS[reason].inc(replaced)
@@ -230,12 +211,8 @@ class Session:
 
     def _write_pending(self) -> None:
         pending, self.pending = self.pending or {}, None
-        now_ms = int(time.time() * 1000)
-        for user, p in sorted(pending.items(), key=lambda item: item[1].key):
-            if not p.values:
-                continue
-            data = MetricsData(user, p.values, p.as_of, max(0, now_ms - p.committed_ms))
-            if self.send(metrics_frame(p.entry_id, data)):
+        for frame in pending_frames(pending, int(time.time() * 1000)):
+            if self.send(frame):
                 _SENT_METRICS.inc()
 
     # --- holds, used while a snapshot or a replay is being sent ----------------------------
@@ -251,13 +228,7 @@ class Session:
         to `covered` are already reflected in what was sent meanwhile, and are discarded."""
         self.hold -= 1
         if covered is not None and self.pending:
-            stale = [
-                u
-                for u, p in self.pending.items()
-                if p.key <= covered and (users is None or u in users)
-            ]
-            for user in stale:
-                del self.pending[user]
+            discard_covered(self.pending, covered, users)
         if self.hold:
             return
         held, self.held = self.held or [], None
@@ -268,14 +239,8 @@ class Session:
 
     def forget(self, user: str, metrics: frozenset[str] | None) -> None:
         """Drop values waiting for metrics the client just unsubscribed from."""
-        if not self.pending or user not in self.pending:
-            return
-        if metrics is None:
-            del self.pending[user]
-        else:
-            values = self.pending[user].values
-            for m in metrics & values.keys():
-                del values[m]
+        if self.pending:
+            drop_metrics(self.pending, user, metrics)
 
     # --- closing --------------------------------------------------------------------------
 
