@@ -21,9 +21,25 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
+from schemas.tables import (
+    ENGAGEMENT_COUNTS,
+    ENGAGEMENT_ROLLUP,
+    EVENTS,
+    PROFILE_COUNTS,
+    PROFILE_LATEST,
+    PROFILE_ROLLUP,
+)
 from sinks.db import Conn
 
-__all__ = ["ROLLUPS", "edition", "level", "recompute", "refresh", "watermark"]
+__all__ = [
+    "ROLLUPS",
+    "aggregates",
+    "edition",
+    "level",
+    "recompute",
+    "refresh",
+    "watermark",
+]
 
 # relation -> (bucket width, source table)
 ROLLUPS: Final[Mapping[str, tuple[timedelta, str]]] = {
@@ -33,58 +49,43 @@ ROLLUPS: Final[Mapping[str, tuple[timedelta, str]]] = {
     "engagement_hourly": (timedelta(hours=1), "engagement_metrics"),
 }
 
-_PROFILE: Final = """
-SELECT time_bucket($4::interval, p.time) AS bucket, p.user_id,
-       sum(p.profile_views) AS profile_views, sum(p.search_appearances) AS search_appearances,
-       sum(p.connections_added) AS connections_added,
-       sum(p.connections_removed) AS connections_removed,
-       sum(p.messages_received) AS messages_received,
-       last(p.total_profile_views, p.time) FILTER (WHERE p.total_profile_views IS NOT NULL)
-           AS total_profile_views,
-       last(p.connections, p.time) FILTER (WHERE p.connections IS NOT NULL) AS connections,
-       last(p.followers, p.time) FILTER (WHERE p.followers IS NOT NULL) AS followers,
-       last(p.profile_completeness, p.time) FILTER (WHERE p.profile_completeness IS NOT NULL)
-           AS profile_completeness,
-       last(p.influence_score, p.time) FILTER (WHERE p.influence_score IS NOT NULL)
-           AS influence_score,
-       count(*) AS events
-FROM profile_metrics p
-JOIN spans t ON p.user_id = t.user_id AND p.time >= t.lo AND p.time < t.hi
-WHERE p.time >= $5 AND p.time < $6
-GROUP BY 1, 2
-"""
-_PROFILE_COLUMNS: Final = (
-    "profile_views",
-    "search_appearances",
-    "connections_added",
-    "connections_removed",
-    "messages_received",
-    "total_profile_views",
-    "connections",
-    "followers",
-    "profile_completeness",
-    "influence_score",
-    "events",
-)
 
-_ENGAGEMENT: Final = """
-SELECT time_bucket($4::interval, e.time) AS bucket, e.user_id,
-       sum(e.posts_published) AS posts_published, sum(e.impressions) AS impressions,
-       sum(e.likes) AS likes, sum(e.comments) AS comments, sum(e.shares) AS shares,
-       count(*) AS events
-FROM engagement_metrics e
-JOIN spans t ON e.user_id = t.user_id AND e.time >= t.lo AND e.time < t.hi
-WHERE e.time >= $5 AND e.time < $6
+# Source table -> (its columns a rollup sums, those it keeps the last reported value of), and
+# the rollup's columns, in that order and then `events`, the row count.
+_AGGREGATED: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "profile_metrics": (PROFILE_COUNTS, PROFILE_LATEST),
+    "engagement_metrics": (ENGAGEMENT_COUNTS, ()),
+}
+_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
+    "profile_metrics": PROFILE_ROLLUP,
+    "engagement_metrics": ENGAGEMENT_ROLLUP,
+}
+
+
+def aggregates(source: str, alias: str) -> str:
+    """The expressions of the rollup columns of `source` (PROFILE_ROLLUP or ENGAGEMENT_ROLLUP
+    order, each `AS` its column) over its rows aliased `alias`. The recompute here and the
+    series' raw part (sinks/queries/series.py) use them, and migrations/0004_rollups.up.sql
+    gives the continuous aggregates the same ones."""
+    sums, latest = _AGGREGATED[source]
+    a = alias
+    return ",\n       ".join(
+        [f"sum({a}.{c}) AS {c}" for c in sums]
+        + [f"last({a}.{c}, {a}.time) FILTER (WHERE {a}.{c} IS NOT NULL) AS {c}" for c in latest]
+        + [f"count(*) AS {EVENTS}"]
+    )
+
+
+# The buckets of every span ($1..$3: users, first, last event time) from the raw rows; $4 is
+# the bucket width, $5 and $6 the constant bounds (see _STATEMENT).
+_SELECT: Final = """
+SELECT time_bucket($4::interval, {a}.time) AS bucket, {a}.user_id,
+       {aggregates}
+FROM {source} {a}
+JOIN spans t ON {a}.user_id = t.user_id AND {a}.time >= t.lo AND {a}.time < t.hi
+WHERE {a}.time >= $5 AND {a}.time < $6
 GROUP BY 1, 2
 """
-_ENGAGEMENT_COLUMNS: Final = (
-    "posts_published",
-    "impressions",
-    "likes",
-    "comments",
-    "shares",
-    "events",
-)
 
 # One statement: compute the buckets, upsert them, and delete buckets of the span that no
 # longer have raw rows (possible only after a manual delete), so a recompute always leaves
@@ -115,13 +116,10 @@ SELECT (SELECT count(*) FROM upserted) AS upserted, (SELECT count(*) FROM remove
 
 
 def _statement(rollup: str, source: str) -> str:
-    select, columns = (
-        (_PROFILE, _PROFILE_COLUMNS)
-        if source == "profile_metrics"
-        else (_ENGAGEMENT, _ENGAGEMENT_COLUMNS)
-    )
+    a = source[0]  # p(rofile_metrics), e(ngagement_metrics)
+    columns = _COLUMNS[source]
     return _STATEMENT.format(
-        select=select,
+        select=_SELECT.format(a=a, aggregates=aggregates(source, a), source=source),
         rollup=rollup,
         columns=", ".join(columns),
         assignments=", ".join(f"{c} = EXCLUDED.{c}" for c in columns),

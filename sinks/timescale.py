@@ -13,13 +13,16 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Histogram
 
+from schemas.tables import TABLE_COLUMNS
 from sinks.db import Conn
 
+# TABLE_COLUMNS, the records' column order, lives in schemas/tables.py; re-exported for the
+# ingest benchmark (load/bench_ingest.py), which COPYs as this writer does.
 __all__ = ["COPY_SECONDS", "ROWS_WRITTEN", "TABLE_COLUMNS", "WriteResult", "write_batch"]
 
 log = logging.getLogger(__name__)
@@ -30,47 +33,6 @@ COPY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 ROWS_WRITTEN = Counter("ia_rows_written_total", "Rows committed, by table.", ["table"])
-
-# Column order of the records each table receives; the stages build tuples in this order.
-TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    "profile_metrics": (
-        "time",
-        "user_id",
-        "event_id",
-        "event_type",
-        "profile_views",
-        "search_appearances",
-        "connections_added",
-        "connections_removed",
-        "messages_received",
-        "total_profile_views",
-        "connections",
-        "followers",
-        "profile_completeness",
-        "influence_score",
-    ),
-    "engagement_metrics": (
-        "time",
-        "user_id",
-        "event_id",
-        "event_type",
-        "post_id",
-        "posts_published",
-        "impressions",
-        "likes",
-        "comments",
-        "shares",
-    ),
-    "real_time_events": (
-        "time",
-        "user_id",
-        "event_id",
-        "event_type",
-        "value",
-        "properties",
-        "received_at",
-    ),
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from gateway.errors import ApiError
 from gateway.keys import CLOCK
 from schemas.aggregations import AGGREGATIONS
 from schemas.metrics import CATALOGUE
+from schemas.tables import ENGAGEMENT_COUNTS, EVENTS, PROFILE_COUNTS, PROFILE_LATEST, camel
 from sinks.queries.series import (
     PROFILE_ROLLUPS,
     ROLLUP_MARGIN,
@@ -67,22 +68,10 @@ _PROFILE_WIDTHS: Final = {name: width for name, (_, width) in PROFILE_ROLLUPS.it
 
 _AGGREGATION_MAX_SPAN: Final = timedelta(days=90)
 
-_PROFILE_SUMS: Final = (
-    ("profileViews", "profile_views"),
-    ("searchAppearances", "search_appearances"),
-    ("connectionsAdded", "connections_added"),
-    ("connectionsRemoved", "connections_removed"),
-    ("messagesReceived", "messages_received"),
-    ("events", "events"),
-)
-_PROFILE_LATEST: Final = (
-    ("totalProfileViews", "total_profile_views"),
-    ("connections", "connections"),
-    ("followers", "followers"),
-    ("profileCompleteness", "profile_completeness"),
-    ("influenceScore", "influence_score"),
-)
-_ENGAGEMENT_SUMS: Final = ("postsPublished", "impressions", "likes", "comments", "shares")
+# (JSON name, rollup column): a point's sums, then the figures it keeps the latest of.
+_PROFILE_SUMS: Final = tuple((camel(c), c) for c in (*PROFILE_COUNTS, EVENTS))
+_PROFILE_LATEST: Final = tuple((camel(c), c) for c in PROFILE_LATEST)
+_ENGAGEMENT_SUMS: Final = tuple((camel(c), c) for c in ENGAGEMENT_COUNTS)
 
 _CATALOG: Final = {
     "metrics": [
@@ -202,12 +191,12 @@ async def engagement(request: web.Request) -> web.Response:
             rows = await engagement_series(conn, user, rng.width, rng.start, rng.end, rng.raw_from)
         series = []
         for r in rows:
-            point: dict[str, Any] = {"time": r[0]}
-            point.update(zip(_ENGAGEMENT_SUMS, r[1:6], strict=True))
+            point: dict[str, Any] = {"time": r["bucket"]}
+            point.update((name, r[column]) for name, column in _ENGAGEMENT_SUMS)
             point["engagementRate"] = _rate(point)
-            point["events"] = r[6]
+            point["events"] = r[EVENTS]
             series.append(point)
-        totals: dict[str, Any] = {n: sum(p[n] for p in series) for n in _ENGAGEMENT_SUMS}
+        totals: dict[str, Any] = {n: sum(p[n] for p in series) for n, _ in _ENGAGEMENT_SUMS}
         totals["engagementRate"] = _rate(totals)
         totals["events"] = sum(p["events"] for p in series)
         return _envelope(user, rng, series, totals)

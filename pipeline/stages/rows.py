@@ -18,23 +18,27 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from pipeline.stages.validate import ValidEvent
+from schemas.tables import (
+    ENGAGEMENT_COUNT_OF,
+    ENGAGEMENT_COUNTS,
+    PROFILE_COUNT_OF,
+    PROFILE_COUNTS,
+    PROFILE_FIGURES,
+    SNAPSHOT_FIGURE_OF,
+)
 
-__all__ = ["ENGAGEMENT_COLUMN", "PROFILE_COLUMN", "rows_for", "to_datetime"]
+__all__ = ["rows_for", "to_datetime"]
 
-PROFILE_COLUMN: Final = {
-    "profile_view": 4,
-    "search_appearance": 5,
-    "connection_added": 6,
-    "connection_removed": 7,
-    "message_received": 8,
-}
-ENGAGEMENT_COLUMN: Final = {
-    "post_published": 5,
-    "post_impression": 6,
-    "post_like": 7,
-    "post_comment": 8,
-    "post_share": 9,
-}
+# Records are built block by block in schemas/tables.py's order: EVENT_HEAD, then for
+# profile_metrics PROFILE_COUNTS, PROFILE_FIGURES and the influence score, for
+# engagement_metrics post_id and ENGAGEMENT_COUNTS. Positions within a block come from there.
+_PROFILE_SLOT: Final = {t: PROFILE_COUNTS.index(c) for t, c in PROFILE_COUNT_OF.items()}
+_ENGAGEMENT_SLOT: Final = {t: ENGAGEMENT_COUNTS.index(c) for t, c in ENGAGEMENT_COUNT_OF.items()}
+_SNAPSHOT_SLOT: Final = {key: PROFILE_FIGURES.index(c) for key, c in SNAPSHOT_FIGURE_OF.items()}
+_COMPLETENESS_SLOT: Final = PROFILE_FIGURES.index("profile_completeness")
+_NO_COUNTS: Final = (0,) * len(PROFILE_COUNTS)
+_NO_ENGAGEMENT: Final = (0,) * len(ENGAGEMENT_COUNTS)
+_NO_FIGURES: Final[tuple[None, ...]] = (None,) * len(PROFILE_FIGURES)
 
 
 def to_datetime(us: int) -> datetime:
@@ -55,7 +59,7 @@ def _opt_float(value: Any) -> float | None:
 def rows_for(
     events: list[ValidEvent], scores: dict[str, float]
 ) -> dict[str, list[tuple[Any, ...]]]:
-    """Records per table in sinks.timescale.TABLE_COLUMNS order."""
+    """Records per table in schemas.tables.TABLE_COLUMNS order."""
     profile: list[tuple[Any, ...]] = []
     engagement: list[tuple[Any, ...]] = []
     feed: list[tuple[Any, ...]] = []
@@ -70,26 +74,23 @@ def rows_for(
         feed.append((t, e.user_id, e.event_id, e.type, e.value, e.properties.decode(), got))
         head = (t, e.user_id, e.event_id, e.type)
         score = scores.get(e.user_id)
-        if e.type in PROFILE_COLUMN:
-            counts = [0, 0, 0, 0, 0]
-            counts[PROFILE_COLUMN[e.type] - 4] = int(e.value)
-            profile.append((*head, *counts, None, None, None, None, score))
+        if e.type in _PROFILE_SLOT:
+            counts = [*_NO_COUNTS]
+            counts[_PROFILE_SLOT[e.type]] = int(e.value)
+            profile.append((*head, *counts, *_NO_FIGURES, score))
         elif e.type in ("profile_snapshot", "profile_update"):
             p = v.properties
-            completeness = _opt_float(p.get("profile_completeness", p.get("completeness")))
+            figures: list[int | float | None] = list(_NO_FIGURES)
+            figures[_COMPLETENESS_SLOT] = _opt_float(
+                p.get("profile_completeness", p.get("completeness"))
+            )
             if e.type == "profile_snapshot":
-                absolute = (
-                    _opt_int(p.get("profile_views")),
-                    _opt_int(p.get("connections")),
-                    _opt_int(p.get("followers")),
-                    completeness,
-                )
-            else:
-                absolute = (None, None, None, completeness)
-            profile.append((*head, 0, 0, 0, 0, 0, *absolute, score))
-        elif e.type in ENGAGEMENT_COLUMN:
-            counts = [0, 0, 0, 0, 0]
-            counts[ENGAGEMENT_COLUMN[e.type] - 5] = int(e.value)
+                for key, slot in _SNAPSHOT_SLOT.items():
+                    figures[slot] = _opt_int(p.get(key))
+            profile.append((*head, *_NO_COUNTS, *figures, score))
+        elif e.type in _ENGAGEMENT_SLOT:
+            counts = [*_NO_ENGAGEMENT]
+            counts[_ENGAGEMENT_SLOT[e.type]] = int(e.value)
             post_id = v.properties.get("post_id")
             engagement.append((*head, post_id, *counts))
     return {"profile_metrics": profile, "engagement_metrics": engagement, "real_time_events": feed}

@@ -28,8 +28,10 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from schemas.metrics import CURRENT_WINDOW_DAYS
+from schemas.tables import ENGAGEMENT_COUNTS
 from sinks.db import Conn
 from sinks.queries.past_values import (
+    PROFILE_WINDOW_SUMS,
     RECENT_DAYS,
     Figures,
     catalogue_values,
@@ -49,7 +51,7 @@ assert RECENT_DAYS > CURRENT_WINDOW_DAYS  # noqa: S101 - the recent rows hold th
 # read once (the unique index (user_id, time DESC, event_id) serves every chunk's scan).
 _PROFILE: Final = """
 WITH r AS MATERIALIZED (
-    SELECT user_id, time, profile_views, search_appearances, messages_received, connections,
+    SELECT user_id, time, {sums}, connections,
            connections_added - connections_removed AS net, followers, profile_completeness
     FROM profile_metrics WHERE user_id = ANY($1::text[]) AND time >= $2
 ), snap AS (
@@ -57,9 +59,7 @@ WITH r AS MATERIALIZED (
     FROM r GROUP BY user_id
 )
 SELECT r.user_id, s.snapshot_time,
-       coalesce(sum(r.profile_views) FILTER (WHERE r.time > $3), 0) AS profile_views,
-       coalesce(sum(r.search_appearances) FILTER (WHERE r.time > $3), 0) AS search_appearances,
-       coalesce(sum(r.messages_received) FILTER (WHERE r.time > $3), 0) AS messages_received,
+       {window_sums},
        last(r.connections, r.time) FILTER (WHERE r.connections IS NOT NULL) AS connections,
        coalesce(sum(r.net) FILTER (WHERE s.snapshot_time IS NULL OR r.time > s.snapshot_time),
                 0) AS net,
@@ -68,7 +68,12 @@ SELECT r.user_id, s.snapshot_time,
            FILTER (WHERE r.profile_completeness IS NOT NULL) AS profile_completeness
 FROM r JOIN snap s USING (user_id)
 GROUP BY r.user_id, s.snapshot_time
-"""
+""".format(  # noqa: S608 - column names from schemas/tables.py, no input
+    sums=", ".join(PROFILE_WINDOW_SUMS),
+    window_sums=",\n       ".join(
+        f"coalesce(sum(r.{c}) FILTER (WHERE r.time > $3), 0) AS {c}" for c in PROFILE_WINDOW_SUMS
+    ),
+)
 
 # $1 users, $2 start of the recent span: the newest day before it reporting each figure, and
 # the net connection changes of all those days.
@@ -90,11 +95,10 @@ FROM unnest($1::text[]) AS u(user_id)
 
 # $1 users, $2 start of the window.
 _ENGAGEMENT: Final = """
-SELECT user_id, sum(posts_published) AS posts_published, sum(impressions) AS impressions,
-       sum(likes) AS likes, sum(comments) AS comments, sum(shares) AS shares
+SELECT user_id, {sums}
 FROM engagement_metrics WHERE user_id = ANY($1::text[]) AND time > $2
 GROUP BY user_id
-"""
+""".format(sums=", ".join(f"sum({c}) AS {c}" for c in ENGAGEMENT_COUNTS))
 
 
 async def current_values(conn: Conn, user_ids: Sequence[str], at: datetime) -> CurrentValues:

@@ -32,11 +32,14 @@ from typing import Any, Final
 
 from schemas.influence import influence_score
 from schemas.metrics import CURRENT_WINDOW_DAYS
+from schemas.tables import ENGAGEMENT_COUNTS
 from sinks.db import Conn
 from sinks.queries.series import ROLLUP_MARGIN
 
 __all__ = [
+    "PROFILE_WINDOW_SUMS",
     "RECENT_DAYS",
+    "WINDOW_SUMS",
     "Figures",
     "catalogue_values",
     "live_values",
@@ -58,36 +61,47 @@ RECENT_DAYS: Final = 8
 _END_OF_TIME: Final = datetime(9999, 1, 1, tzinfo=UTC)
 _BEFORE_ANY_ROW: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
+# The window sums the catalogue is made of (`catalogue_values`): the profile counts that are
+# metrics of their own (connection changes count into `connections` instead), and every
+# engagement count. sinks/queries/current_values.py selects the same.
+PROFILE_WINDOW_SUMS: Final = ("profile_views", "search_appearances", "messages_received")
+WINDOW_SUMS: Final = (*PROFILE_WINDOW_SUMS, *ENGAGEMENT_COUNTS)
+
+
+def _coalesced_sums(columns: tuple[str, ...]) -> str:
+    return ", ".join(f"coalesce(sum({c}), 0) AS {c}" for c in columns)
+
+
 # Window sums: raw rows in ($2, $3) and [$4, $5], whole rollup hours in [$3, $4).
 _SUMS: Final = """
 WITH p AS (
-    SELECT profile_views, search_appearances, messages_received FROM profile_metrics_hourly
+    SELECT {p} FROM profile_metrics_hourly
     WHERE user_id = $1 AND bucket >= $3 AND bucket < $4
     UNION ALL
-    SELECT profile_views, search_appearances, messages_received FROM profile_metrics
+    SELECT {p} FROM profile_metrics
     WHERE user_id = $1 AND time > $2 AND time < $3
     UNION ALL
-    SELECT profile_views, search_appearances, messages_received FROM profile_metrics
+    SELECT {p} FROM profile_metrics
     WHERE user_id = $1 AND time >= $4 AND time <= $5
 ), e AS (
-    SELECT posts_published, impressions, likes, comments, shares FROM engagement_hourly
+    SELECT {e} FROM engagement_hourly
     WHERE user_id = $1 AND bucket >= $3 AND bucket < $4
     UNION ALL
-    SELECT posts_published, impressions, likes, comments, shares FROM engagement_metrics
+    SELECT {e} FROM engagement_metrics
     WHERE user_id = $1 AND time > $2 AND time < $3
     UNION ALL
-    SELECT posts_published, impressions, likes, comments, shares FROM engagement_metrics
+    SELECT {e} FROM engagement_metrics
     WHERE user_id = $1 AND time >= $4 AND time <= $5
 )
 SELECT pp.*, ee.*
-FROM (SELECT coalesce(sum(profile_views), 0) AS profile_views,
-             coalesce(sum(search_appearances), 0) AS search_appearances,
-             coalesce(sum(messages_received), 0) AS messages_received FROM p) pp,
-     (SELECT coalesce(sum(posts_published), 0) AS posts_published,
-             coalesce(sum(impressions), 0) AS impressions, coalesce(sum(likes), 0) AS likes,
-             coalesce(sum(comments), 0) AS comments, coalesce(sum(shares), 0) AS shares
-      FROM e) ee
-"""
+FROM (SELECT {p_sums} FROM p) pp,
+     (SELECT {e_sums} FROM e) ee
+""".format(  # noqa: S608 - column names from schemas/tables.py and above, no input
+    p=", ".join(PROFILE_WINDOW_SUMS),
+    e=", ".join(ENGAGEMENT_COUNTS),
+    p_sums=_coalesced_sums(PROFILE_WINDOW_SUMS),
+    e_sums=_coalesced_sums(ENGAGEMENT_COUNTS),
+)
 
 # The newest of each figure among the rows in [$2, $3].
 _FIGURES: Final = """
@@ -228,18 +242,12 @@ async def _connections(
     return float((found.connections or 0) + net)
 
 
-_SUMS_COLUMNS: Final = (
-    "profile_views", "search_appearances", "messages_received", "posts_published",
-    "impressions", "likes", "comments", "shares",
-)  # fmt: skip
-
-
 def catalogue_values(
     sums: Mapping[str, Any], found: Figures, connections: float
 ) -> dict[str, float | None]:
     """Every catalogue metric from the window sums (a missing or null sum is 0), the latest
     figures and the connection count: the one place the definitions become values."""
-    t = {c: float(sums.get(c) or 0) for c in _SUMS_COLUMNS}
+    t = {c: float(sums.get(c) or 0) for c in WINDOW_SUMS}
     impressions = t["impressions"]
     interactions = t["likes"] + t["comments"] + t["shares"]
     rate = interactions / impressions if impressions > 0 else None

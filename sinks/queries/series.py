@@ -4,8 +4,9 @@ Every query is per user and walks an index whose leading columns are (user_id, t
 so its cost follows the rows in the requested range, not the size of the tables.
 
 Series read the rollups for buckets before `raw_from` and aggregate the raw rows from
-`raw_from` on, with the rollups' own expressions (migrations/0004_rollups.up.sql), so the two
-parts are the same figures and meet without overlap. Goals live in sinks/goals.py, past
+`raw_from` on, with the rollups' own expressions (sinks/rollups.py:aggregates, the ones
+migrations/0004_rollups.up.sql defines), so the two parts are the same figures and meet
+without overlap. Goals live in sinks/goals.py, past
 values in sinks/queries/past_values.py.
 """
 
@@ -18,7 +19,9 @@ from typing import Final
 import asyncpg
 
 from schemas.events import MAX_FUTURE_SKEW_S
+from schemas.tables import ENGAGEMENT_ROLLUP, PROFILE_ROLLUP
 from sinks.db import Conn
+from sinks.rollups import aggregates
 
 __all__ = [
     "PROFILE_ROLLUPS",
@@ -43,43 +46,36 @@ PROFILE_ROLLUPS: Final[dict[str, tuple[str, timedelta]]] = {
 
 # $1 user, $2..$3 rollup buckets [lo, hi), $4..$5 raw rows [lo, hi), $6 bucket width.
 _PROFILE_SERIES: Final = """
-SELECT bucket, profile_views, search_appearances, connections_added, connections_removed,
-       messages_received, total_profile_views, connections, followers, profile_completeness,
-       influence_score, events
-FROM {rollup}
+SELECT bucket, {columns}
+FROM {{rollup}}
 WHERE user_id = $1 AND bucket >= $2 AND bucket < $3
 UNION ALL
-SELECT time_bucket($6::interval, p.time), sum(p.profile_views), sum(p.search_appearances),
-       sum(p.connections_added), sum(p.connections_removed), sum(p.messages_received),
-       last(p.total_profile_views, p.time) FILTER (WHERE p.total_profile_views IS NOT NULL),
-       last(p.connections, p.time) FILTER (WHERE p.connections IS NOT NULL),
-       last(p.followers, p.time) FILTER (WHERE p.followers IS NOT NULL),
-       last(p.profile_completeness, p.time) FILTER (WHERE p.profile_completeness IS NOT NULL),
-       last(p.influence_score, p.time) FILTER (WHERE p.influence_score IS NOT NULL),
-       count(*)
+SELECT time_bucket($6::interval, p.time),
+       {aggregates}
 FROM profile_metrics p
 WHERE p.user_id = $1 AND p.time >= $4 AND p.time < $5
 GROUP BY 1
 ORDER BY 1
-"""
+""".format(columns=", ".join(PROFILE_ROLLUP), aggregates=aggregates("profile_metrics", "p"))
 
 # engagement_hourly is the only engagement rollup: daily buckets are sums of its hours.
 _ENGAGEMENT_SERIES: Final = """
 SELECT time_bucket($6::interval, bucket) AS bucket,
-       sum(posts_published)::bigint, sum(impressions)::bigint, sum(likes)::bigint,
-       sum(comments)::bigint, sum(shares)::bigint, sum(events)::bigint
+       {sums}
 FROM engagement_hourly
 WHERE user_id = $1 AND bucket >= $2 AND bucket < $3
 GROUP BY 1
 UNION ALL
-SELECT time_bucket($6::interval, e.time), sum(e.posts_published), sum(e.impressions),
-       sum(e.likes), sum(e.comments), sum(e.shares), count(*)
+SELECT time_bucket($6::interval, e.time),
+       {aggregates}
 FROM engagement_metrics e
 WHERE e.user_id = $1 AND e.time >= $4 AND e.time < $5
 GROUP BY 1
 ORDER BY 1
-"""
-ENGAGEMENT_COLUMNS: Final = ("posts_published", "impressions", "likes", "comments", "shares")
+""".format(
+    sums=",\n       ".join(f"sum({c})::bigint AS {c}" for c in ENGAGEMENT_ROLLUP),
+    aggregates=aggregates("engagement_metrics", "e"),
+)
 
 
 def _split(start: datetime, end: datetime, raw_from: datetime) -> tuple[datetime, ...]:
