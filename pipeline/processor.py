@@ -17,14 +17,14 @@ import asyncpg
 import redis.asyncio as redis
 
 from pipeline.runner import DeadLetter, Delivery
-from pipeline.stages.enrich import read_scores, write_scores
+from pipeline.stages.enrich import queue_write_scores, read_scores
 from pipeline.stages.rows import rows_for, to_datetime
 from pipeline.stages.validate import ValidEvent, validate
 from schemas.entries import metric_update, metrics_entry
 from schemas.metrics import metrics_changed_by
 from schemas.streams import METRICS_STREAM
 from schemas.timefmt import iso_ms
-from sinks.cache_generations import invalidate
+from sinks.cache_generations import queue_invalidate
 from sinks.queries.current_values import current_values
 from sinks.timescale import write_batch
 
@@ -88,9 +88,14 @@ class Processor:
         influence = {
             u: score for u, v in values.items() if (score := v.get("influenceScore")) is not None
         }
-        await write_scores(self.redis, influence, version_us)
-        # Before announcing the batch: a dashboard refetching on its update must miss the cache.
-        await invalidate(self.redis, users)
-        updates = metric_updates(valid, values, committed_at)
-        await self.redis.xadd(METRICS_STREAM, metrics_entry(updates, touched(valid)))
+        entry = metrics_entry(metric_updates(valid, values, committed_at), touched(valid))
+        # One round trip; Redis runs a connection's commands in order, so the cache is
+        # invalidated before the batch is announced: a dashboard refetching on its update must
+        # miss the cache. Not a transaction: each command may be repeated on its own (see the
+        # module docstring), and a failed one fails the batch, which is then retried whole.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            queue_write_scores(pipe, influence, version_us)
+            queue_invalidate(pipe, users)
+            _ = pipe.xadd(METRICS_STREAM, entry)
+            await pipe.execute()
         return dead

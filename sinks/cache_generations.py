@@ -2,9 +2,10 @@
 
 The gateway caches hot API answers in Redis (gateway/api/cache.py), each stamped with the user's
 current generation token; an answer whose stamp differs from the token now stored is a miss.
-The worker calls `invalidate` right after committing a batch and before announcing it on
-`ia:metrics`, so a dashboard that refetches on a `metrics_update` can never be served an
-answer computed before that commit. The gateway calls it after writes of its own (goals).
+The worker invalidates right after committing a batch and before announcing it on
+`ia:metrics` (`queue_invalidate`, in the pipeline that then appends the entry), so a dashboard
+that refetches on a `metrics_update` can never be served an answer computed before that
+commit. The gateway calls `invalidate` after writes of its own (goals).
 
 Tokens are random, never counters: a generation key that expired or was evicted and is
 created again can never take a value an old cached answer still carries.
@@ -21,8 +22,16 @@ from collections.abc import Iterable
 from typing import Final
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
-__all__ = ["GENERATION_TTL_S", "entry_key", "generation_key", "invalidate", "new_token"]
+__all__ = [
+    "GENERATION_TTL_S",
+    "entry_key",
+    "generation_key",
+    "invalidate",
+    "new_token",
+    "queue_invalidate",
+]
 
 # Longer than any cached answer lives (API_CACHE_TTL, at most a day), so an expiring generation
 # only costs one miss; short enough that users gone quiet leave no key behind for long.
@@ -52,6 +61,12 @@ async def invalidate(client: redis.Redis, user_ids: Iterable[str]) -> None:
     if not users:
         return
     async with client.pipeline(transaction=False) as pipe:
-        for user in users:
-            _ = pipe.set(generation_key(user), new_token(), ex=GENERATION_TTL_S)
+        queue_invalidate(pipe, users)
         await pipe.execute()
+
+
+def queue_invalidate(pipe: Pipeline, user_ids: Iterable[str]) -> None:
+    """`invalidate` as commands of `pipe`, for a caller that sends more in the same round trip
+    (the worker: scores, then this, then the `ia:metrics` entry); one reply per user."""
+    for user in user_ids:
+        _ = pipe.set(generation_key(user), new_token(), ex=GENERATION_TTL_S)

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from typing import Final
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
-__all__ = ["INFLUENCE_KEY", "read_scores", "write_scores"]
+__all__ = ["INFLUENCE_KEY", "queue_write_scores", "read_scores", "write_scores"]
 
 # One hash for all users: field = user id, value = "score|version_us".
 INFLUENCE_KEY: Final = "ia:influence"
@@ -50,12 +51,31 @@ async def read_scores(client: redis.Redis, user_ids: Iterable[str]) -> dict[str,
     return out
 
 
+def _script_args(scores: dict[str, float], version_us: int) -> list[str | int | float]:
+    args: list[str | int | float] = []
+    for user, score in scores.items():
+        args += [user, score, version_us]
+    return args
+
+
 async def write_scores(client: redis.Redis, scores: dict[str, float], version_us: int) -> int:
     """Store `scores` unless a newer computation already did; returns how many were written."""
     if not scores:
         return 0
-    args: list[str | int | float] = []
-    for user, score in scores.items():
-        args += [user, score, version_us]
     script = client.register_script(_WRITE_NEWEST)
-    return int(await script(keys=[INFLUENCE_KEY], args=args))
+    return int(await script(keys=[INFLUENCE_KEY], args=_script_args(scores, version_us)))
+
+
+def queue_write_scores(pipe: Pipeline, scores: dict[str, float], version_us: int) -> bool:
+    """`write_scores` as one more command of `pipe` (its reply: how many were written), so the
+    caller's other commands share the round trip; False, queueing nothing, without scores.
+
+    EVAL, not the registered script's EVALSHA: redis-py runs a pipeline holding a registered
+    script only after a SCRIPT EXISTS round trip of its own, the one the pipeline is there to
+    save, and a bare EVALSHA can fail with NOSCRIPT after the pipeline's later commands ran.
+    The script's few hundred bytes cost less than either.
+    """
+    if not scores:
+        return False
+    _ = pipe.eval(_WRITE_NEWEST, 1, INFLUENCE_KEY, *_script_args(scores, version_us))
+    return True
