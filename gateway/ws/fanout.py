@@ -1,15 +1,10 @@
 """The fan-out of one gateway process: `ia:metrics` and `ia:alerts` to its WebSocket sessions.
 
-One reader task per process reads both streams with plain XREAD from its own position (every
-replica must see every update for its own sockets; a consumer group would split them), routes
+One reader task per process (gateway/ws/reader.py) reads both streams; this module routes
 each entry by user to the sessions watching that user, and encodes each distinct payload once.
 Dispatch is synchronous: an entry reaches every socket of this process before the next is read,
-so every session sees ids in increasing order.
-
-The reader is supervised: any error, `redis.exceptions.TimeoutError` included, is logged,
-counted and followed by a restart from the same position, so nothing is skipped; if entries
-were trimmed while it was down, every session is told to resync (docs/architecture.md,
-"Costs that shaped the design").
+so every session sees ids in increasing order. When the reader lost entries to trimming while
+it was down, every session is told to resync.
 
 A heartbeat sweep, one task for all sessions, pings every WS_HEARTBEAT_INTERVAL, closes a peer
 that answered none of the last two pings (4408) and a session whose token expired (4401).
@@ -20,40 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from redis.asyncio import Redis
 
 from gateway.ws import prom as m
 from gateway.ws.frames import alert_frame, error_frame, lag_ms, metrics_frame, notice_frame
-from gateway.ws.replay import stream_bounds
+from gateway.ws.reader import READ_BLOCK_MS, READ_SOCKET_TIMEOUT_S, StreamReader
 from gateway.ws.session import Session, Shared, sweep
 from gateway.ws.snapshots import PoolGetter, SnapshotLoader, SnapshotUnavailable, resync
 from schemas.alerts import ALERT_FIELD, alert_decoder
 from schemas.entries import MetricUpdate, UnreadableEntry, read_updates
 from schemas.settings import Settings
 from schemas.stream_ids import EntryKey, id_key
-from schemas.streams import ALERTS_STREAM, METRICS_STREAM
 from schemas.timefmt import epoch_ms
 from schemas.ws import MetricsData
 
+# READ_BLOCK_MS and READ_SOCKET_TIMEOUT_S live with the reader (gateway/ws/reader.py);
+# re-exported for gateway/ws/server.py, which opens the reader's connection.
 __all__ = ["CLOSE_TIMEOUT_S", "READ_BLOCK_MS", "READ_SOCKET_TIMEOUT_S", "Fanout"]
 
 log = logging.getLogger(__name__)
 
-# Well under the reader's socket timeout: a busy loop can delay the reply by seconds before
-# redis-py gives up on it, and then the supervisor restarts the reader (docs/architecture.md,
-# "Costs that shaped the design").
-READ_BLOCK_MS: Final = 1000
-READ_SOCKET_TIMEOUT_S: Final = 10.0
-# Entries per XREAD; a larger burst is read in several rounds.
-READ_COUNT: Final = 500
-BACKOFF_FIRST_S: Final = 0.05
-BACKOFF_MAX_S: Final = 2.0
 # A close handshake with a client that stopped reading ends after this; then the socket aborts.
 CLOSE_TIMEOUT_S: Final = 3.0
-_STREAMS: Final = (METRICS_STREAM, ALERTS_STREAM)
 _SENT_METRICS: Final = m.SENT.labels("metrics_update")
 _SENT_ALERTS: Final = m.SENT.labels("alert_triggered")
 
@@ -72,8 +58,13 @@ class Fanout:
     ) -> None:
         self.settings = settings
         self.redis = redis  # the app's shared client: XRANGE / XINFO for resumes
-        self._reader = reader  # its own connection: it spends its life blocked in XREAD
-        self._block_ms = block_ms
+        self._reader = StreamReader(
+            reader,
+            on_metrics=self.dispatch_metrics,
+            on_alert=self.dispatch_alert,
+            on_gap=self._resync_all,
+            block_ms=block_ms,
+        )
         self.shared = Shared(
             soft_bytes=settings.ws_send_queue_bytes,
             hard_bytes=2 * settings.ws_send_queue_bytes,
@@ -85,17 +76,14 @@ class Fanout:
         # Equal metric sets share one frozenset: 10,000 dashboards cost one set, not 10,000.
         # Names are checked against the catalogue first, so this stays small.
         self._interned: dict[frozenset[str], frozenset[str]] = {}
-        self.positions: dict[str, str] = {}
         self.closing = False
         self.snapshots = SnapshotLoader(get_pool, lambda: self.metrics_position)
         self._tasks: list[asyncio.Task[None]] = []
-        self._backoff = BACKOFF_FIRST_S
-        self._stopping = False
 
     @property
     def metrics_position(self) -> str:
         """The last `ia:metrics` id dispatched: everything up to it reached the sessions."""
-        return self.positions.get(METRICS_STREAM, "0-0")
+        return self._reader.metrics_position
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -103,12 +91,12 @@ class Fanout:
         if self._tasks:
             raise RuntimeError("the fan-out is already running")
         self._tasks = [
-            asyncio.create_task(self._supervise_reader(), name="ws-fanout-reader"),
+            asyncio.create_task(self._reader.run(), name="ws-fanout-reader"),
             asyncio.create_task(self._heartbeat(), name="ws-heartbeat"),
         ]
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._reader.stopping = True
         for task in self._tasks:
             # Cancelled until done: redis-py can swallow a cancellation that lands while it
             # opens a connection (redis/redis-py#2028), and the reader would read on.
@@ -185,59 +173,9 @@ class Fanout:
             _discard(self._alert_subs, user, session)
             m.SUBSCRIPTIONS.labels("alerts").dec()
 
-    # --- the reader -----------------------------------------------------------------------
+    # --- after the reader lost entries ---------------------------------------------------
 
-    async def _supervise_reader(self) -> None:
-        failed = False
-        while not self._stopping:
-            try:
-                if failed:
-                    await self._check_gap()
-                    failed = False
-                await self._read_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failed = True
-                m.READER_ERRORS.labels(type(e).__name__).inc()
-                log.warning(
-                    "fan-out reader failed; restarting",
-                    extra={"error": repr(e), "retry_in_s": self._backoff},
-                )
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-
-    async def _read_forever(self) -> None:
-        for stream in _STREAMS:
-            if stream not in self.positions:
-                # Explicit ids, not `$`: `$` sent again after an empty XREAD would skip the
-                # entries appended between the two calls.
-                bounds = await stream_bounds(self._reader, stream)
-                last = bounds.last if bounds is not None else (0, 0)
-                self.positions[stream] = f"{last[0]}-{last[1]}"
-        while not self._stopping:
-            streams: dict[Any, Any] = dict(self.positions)
-            reply: Any = await self._reader.xread(streams, count=READ_COUNT, block=self._block_ms)
-            self._backoff = BACKOFF_FIRST_S
-            for raw_stream, entries in reply or ():
-                stream = raw_stream.decode()
-                for raw_id, fields in entries:
-                    entry_id = raw_id.decode()
-                    self.positions[stream] = entry_id
-                    if stream == METRICS_STREAM:
-                        self.dispatch_metrics(entry_id, fields)
-                    else:
-                        self.dispatch_alert(entry_id, fields)
-
-    async def _check_gap(self) -> None:
-        """After a failure: if entries past our position were trimmed meanwhile (or the stream
-        was replaced by an older one), continue from what exists and resync every session."""
-        bounds = await stream_bounds(self._reader, METRICS_STREAM)
-        position = id_key(self.metrics_position)
-        if bounds is None or not bounds.lost_after(position):
-            return
-        if position > bounds.last:
-            self.positions[METRICS_STREAM] = f"{bounds.last[0]}-{bounds.last[1]}"
+    def _resync_all(self) -> None:
         log.warning(
             "fan-out missed trimmed entries; resyncing", extra={"sessions": len(self.sessions)}
         )
