@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import orjson
+
 from seeder.personas import PERSONAS
 from sinks.db import Conn
 
@@ -19,8 +21,8 @@ async def add_goals_and_rules(conn: Conn, users: list[str], seed: int, now: date
         goals,
     )
     await conn.executemany(
-        "INSERT INTO alert_configs (user_id, name, metric, condition, threshold, "
-        "cooldown_seconds, severity) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO alert_configs (user_id, name, kind, params, cooldown_seconds, severity) "
+        "VALUES ($1, $2, 'threshold', $3::jsonb, $4, $5)",
         rules,
     )
 
@@ -49,25 +51,26 @@ def _goals(i: int, user: str, now: datetime) -> list[tuple[object, ...]]:
     ]
 
 
+def _threshold(metric: str, op: str, value: float) -> str:
+    """A threshold rule's `params` (migrations/0007_alert_rules.up.sql), as JSON text."""
+    return orjson.dumps({"metric": metric, "op": op, "value": value}).decode()
+
+
 def _rules(i: int, user: str) -> list[tuple[object, ...]]:
-    """The `i`th user's two alert rules, thresholds sized by its persona."""
+    """The `i`th user's two threshold rules, sized by its persona."""
     p = PERSONAS[i % len(PERSONAS)]
     return [
         (
             user,
             "Profile views spike",
-            "profileViews",
-            "above",
-            round(p.profile_views * 7 * 2),
+            _threshold("profileViews", "above", round(p.profile_views * 7 * 2)),
             3600,
             "info",
         ),
         (
             user,
             "Engagement dropping",
-            "engagementRate",
-            "below",
-            round(p.engagement_rate * 0.5, 4),
+            _threshold("engagementRate", "below", round(p.engagement_rate * 0.5, 4)),
             86400,
             "warning",
         ),
