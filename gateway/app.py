@@ -20,7 +20,8 @@ from gateway.errors import error_middleware
 from gateway.http import bodies, compression, ratelimit, requestid, security
 from gateway.http import prom as metrics
 from gateway.ingest import routes as ingest
-from gateway.ingest.appender import Appender, HiredisPackingConnection
+from gateway.ingest.appender import Appender
+from gateway.ingest.packing import HiredisPackingConnection
 from gateway.keys import APPENDER, CLOCK, DB_POOL, REDIS, SETTINGS, Clock
 from gateway.ops import admin, health, openapi, perf, seed_jobs, status
 from gateway.ops import seed as admin_seed

@@ -36,12 +36,11 @@ from gateway.ingest.append_script import (
     DedupWindow,
     id_digest,
 )
-from gateway.ingest.packing import HiredisPackingConnection
 from schemas.events import StreamEvent, stream_event_encoder
 from schemas.settings import Settings
 from schemas.streams import backlog_key, partition_of
 
-__all__ = ["AppendStatus", "Appender", "HiredisPackingConnection"]
+__all__ = ["AppendStatus", "Appender"]
 
 log = logging.getLogger(__name__)
 
