@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from gateway.api import events as api_events
 from gateway.api import goals as api_goals
 from gateway.api import metrics as api_metrics
+from gateway.api import rules as api_rules
 from gateway.api import summary as api_summary
 from gateway.api import system as api_system
 from gateway.auth import check_jwt_settings
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, clock: Clock = _wall_clock) -> web.Applica
     for api_group in (api_metrics.routes, api_summary.routes, api_events.routes, api_goals.routes):
         app.add_routes(api_group)
     app.add_routes(api_system.routes)  # /api/v1/system: admin-only operations figures
+    app.add_routes(api_rules.routes)  # /api/v1/alerts/rules: alert rules CRUD
     # Response hooks also reach the responses aiohttp builds itself (404, 500).
     app.on_response_prepare.append(requestid.on_response_prepare)
     app.on_response_prepare.append(security.on_response_prepare)

@@ -24,6 +24,7 @@ __all__ = [
     "create_rule",
     "delete_rule",
     "get_rule",
+    "goal_exists",
     "list_rules",
     "update_rule",
 ]
@@ -81,8 +82,21 @@ async def list_rules(
     return await conn.fetch(_LIST, user_id, created, rule_id, limit)
 
 
-async def get_rule(conn: Conn, user_id: str, rule_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(_GET, rule_id, user_id)
+async def get_rule(
+    conn: Conn, user_id: str, rule_id: uuid.UUID, *, lock: bool = False
+) -> asyncpg.Record | None:
+    """The rule; `lock` holds it (FOR UPDATE) until the caller's transaction ends."""
+    return await conn.fetchrow(_GET + " FOR UPDATE" if lock else _GET, rule_id, user_id)
+
+
+async def goal_exists(conn: Conn, user_id: str, goal_id: uuid.UUID) -> bool:
+    """Whether the user has this goal (a goal rule may only watch its owner's goals)."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM user_goals WHERE id = $1 AND user_id = $2)",
+        goal_id,
+        user_id,
+    )
+    return found is True
 
 
 async def create_rule(

@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 import gateway
 import schemas.ws
 from gateway.api import goals as api_goals
+from gateway.api import rules as api_rules
 from gateway.app import create_app
 from gateway.http.bodies import ENCODED_PATHS
 from gateway.http.ratelimit import EXEMPT_PATHS
@@ -126,6 +127,8 @@ DECODED: dict[tuple[str, str], dict[str, Any]] = {
     ("/api/v1/goals/{goal_id}", "patch"): {JSON: api_goals._goal_patch.type},
     ("/admin/dlq/replay", "post"): {JSON: admin._replay_decoder.type},
     ("/admin/seed", "post"): {JSON: admin_seed._decoder.type},
+    ("/api/v1/alerts/rules", "post"): {JSON: api_rules._rule_in.type},
+    ("/api/v1/alerts/rules/{rule_id}", "patch"): {JSON: api_rules._rule_patch.type},
 }
 # Decoders of route modules that read no body on their own: the batch fallback splits a JSON
 # array into raw items, each then read by `_event_decoder`.

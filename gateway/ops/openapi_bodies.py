@@ -24,6 +24,7 @@ from typing import Any, Final, get_args, get_origin
 import msgspec
 
 from gateway.api.goals import GoalIn, GoalPatch
+from gateway.api.rule_types import RuleIn, RulePatch
 from gateway.ops.admin import ReplayRequest
 from gateway.ops.seed import SeedRequest
 from schemas.events import EventIn
@@ -66,6 +67,8 @@ BODY_TYPES: Final[Mapping[tuple[str, str], Mapping[str, Any]]] = {
     ("/api/v1/goals/{goal_id}", "patch"): {JSON: GoalPatch},
     ("/admin/dlq/replay", "post"): {JSON: ReplayRequest},
     ("/admin/seed", "post"): {JSON: SeedRequest},
+    ("/api/v1/alerts/rules", "post"): {JSON: RuleIn},
+    ("/api/v1/alerts/rules/{rule_id}", "patch"): {JSON: RulePatch},
 }
 
 # Every message the WebSocket writes (gateway/ws/frames.py, gateway/ws/messages.py encode these).

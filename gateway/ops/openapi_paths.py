@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from gateway.api.rules import RULES
 from gateway.http.bodies import MAX_RATIO
 from gateway.ingest.wait import WAIT_MAX_S, WAIT_MIN_S
 from gateway.ops.openapi_bodies import NDJSON, WS_MESSAGES
 from gateway.ops.openapi_components import (
     ANY_OBJECT,
     BEARER,
+    error_response,
     error_responses,
     json_response,
     ref,
 )
+from schemas.rules import HEALTH_CHECKS, KINDS, MAX_RULES_PER_USER
 
 __all__ = ["PATHS"]
 
@@ -246,5 +249,126 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
                 **error_responses(401, 403, 422, 503),
             },
         }
+    },
+}
+
+# --- alert rules: /api/v1/alerts/rules (gateway/api/rules.py, README "Alert rules") --------
+_RULE_USER: Final = {
+    "name": "userId",
+    "in": "query",
+    "description": "admin only: whose rules (default: the token's subject)",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+}
+_RULE_ID: Final = {"name": "rule_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TIME_OR_NULL: Final = {"type": ["string", "null"], "format": "date-time"}
+_RULE: Final = {
+    "type": "object",
+    "required": [
+        "id", "userId", "name", "kind", "params", "severity", "forSeconds",
+        "keepFiringForSeconds", "cooldownSeconds", "quietHours", "channels", "enabled",
+        "lastTriggeredAt", "createdAt", "updatedAt",
+    ],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "userId": {"type": "string"},
+        "name": {"type": "string"},
+        "kind": {"enum": list(KINDS)},
+        "params": ANY_OBJECT,
+        "severity": {"enum": ["info", "warning", "critical"]},
+        "forSeconds": {"type": "integer", "minimum": 0},
+        "keepFiringForSeconds": {"type": "integer", "minimum": 0},
+        "cooldownSeconds": {"type": "integer", "minimum": 0},
+        "quietHours": {"type": ["object", "null"]},
+        "channels": {"type": "array", "items": ANY_OBJECT},
+        "enabled": {"type": "boolean"},
+        "lastTriggeredAt": _TIME_OR_NULL,
+        "createdAt": {"type": "string", "format": "date-time"},
+        "updatedAt": {"type": "string", "format": "date-time"},
+    },
+}  # fmt: skip
+_NO_RULE: Final = {"404": error_response("no such rule for this user")}
+_RULE_ERRORS: Final = {
+    **error_responses(400, 401, 403, 503),
+    "403": error_response("a producer token, a user token naming another user, or a user's "
+                          "health rule (`field` is `$.kind`)"),
+}  # fmt: skip
+_PARAMS_TEXT: Final = (
+    "`params` by `kind`: threshold `{metric, op: above|below, value}`; change `{metric, op: "
+    "up|down, percent, windowSeconds}` (an earlier window of zero never fires); goal `{goalId "
+    "(the user's), event: reached|offTrack, marginPercent, beforeSeconds}`; nodata `{seconds, "
+    f"eventType|null}}`; health (admin only) `{{check: {'|'.join(HEALTH_CHECKS)}, value}}`; "
+    "custom `{expression}`, a CEL boolean over catalogue metrics and `<metric>_prev1d|7d|30d` "
+    "(a bad one is a 422 naming `$.params.expression`, with the line and column). Metrics are "
+    "catalogue metrics, `quietHours.timeZone` an IANA zone; every 422 names its field."
+)
+PATHS[f"{RULES}"] = {
+    "get": {
+        "summary": "The user's alert rules, oldest first, paged",
+        "security": BEARER,
+        "parameters": [
+            _RULE_USER,
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+            {"name": "cursor", "in": "query", "description": "nextCursor of the previous page",
+             "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": json_response(
+                {
+                    "type": "object",
+                    "required": ["userId", "rules", "nextCursor"],
+                    "properties": {
+                        "userId": {"type": "string"},
+                        "rules": {"type": "array", "items": _RULE},
+                        "nextCursor": {"type": ["string", "null"]},
+                    },
+                },
+                "a page of rules",
+            ),
+            **_RULE_ERRORS,
+        },
+    },
+    "post": {
+        "summary": "Create an alert rule",
+        "security": BEARER,
+        "parameters": [_RULE_USER],
+        "requestBody": {"required": True, "description": _PARAMS_TEXT, "content": {}},
+        "responses": {
+            "201": json_response(_RULE, "created"),
+            **_RULE_ERRORS,
+            **error_responses(409, 415, 422),
+            "409": error_response(f"the user has {MAX_RULES_PER_USER} rules already"),
+        },
+    },
+}  # fmt: skip
+PATHS[f"{RULES}/{{rule_id}}"] = {
+    "get": {
+        "summary": "One alert rule",
+        "security": BEARER,
+        "parameters": [_RULE_ID, _RULE_USER],
+        "responses": {"200": json_response(_RULE, "the rule"), **_RULE_ERRORS, **_NO_RULE},
+    },
+    "patch": {
+        "summary": "Change an alert rule",
+        "security": BEARER,
+        "parameters": [_RULE_ID, _RULE_USER],
+        "requestBody": {
+            "required": True,
+            "description": "At least one member (422 for `{}`); a new `kind` needs its "
+            "`params`, and `params` alone is checked against the stored kind. " + _PARAMS_TEXT,
+            "content": {},
+        },
+        "responses": {
+            "200": json_response(_RULE, "the changed rule"),
+            **_RULE_ERRORS,
+            **_NO_RULE,
+            **error_responses(415, 422),
+        },
+    },
+    "delete": {
+        "summary": "Delete an alert rule",
+        "security": BEARER,
+        "parameters": [_RULE_ID, _RULE_USER],
+        "responses": {"204": {"description": "deleted"}, **_RULE_ERRORS, **_NO_RULE},
     },
 }
