@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from schemas.events import EVENT_TYPES
+from schemas.events import EventType
 from schemas.metrics import CATALOGUE
 from schemas.rules import (
     CHANGE_WINDOW_MAX_S,
@@ -47,7 +47,6 @@ LocalTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]
 TimeZone = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, description="an IANA time zone")
 ]
-EventType = Annotated[str, msgspec.Meta(extra_json_schema={"enum": sorted(EVENT_TYPES)})]
 
 
 class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
