@@ -1,5 +1,6 @@
-"""The alert evaluation core, pure: conditions per kind (schemas/alert_conditions.py) and the
-state machine (schemas/alert_eval.py). No services; every instant is pinned."""
+"""The alert evaluation core, pure: conditions per kind (schemas/alert_conditions.py), the state
+machine (schemas/alert_eval.py) and quiet hours (schemas/quiet_hours.py). No services; every
+instant is pinned."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from schemas import alert_conditions as cond
 from schemas.alert_conditions import GoalSnapshot, Outcome
 from schemas.alert_eval import AlertState, Step, Timing, step, transition_key
+from schemas.quiet_hours import QuietHours, held_until, in_quiet_hours, quiet_hours_end
 
 T0 = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 RULE, USER = "r-1", "u-1"
@@ -300,3 +302,80 @@ def test_an_evaluation_older_than_the_state_changes_nothing() -> None:
     state, _ = run(Timing(), [(10, MET)])
     late = step(RULE, USER, Timing(), state, CLEAR, at(5))
     assert late.state == state and late.transitions == ()
+
+
+# --- quiet hours -------------------------------------------------------------------------------
+
+
+def quiet(start: str, end: str, zone: str) -> QuietHours:
+    return QuietHours.parse({"from": start, "to": end, "timeZone": zone})
+
+
+def utc(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+def test_quiet_hours_in_a_zone_where_it_is_night() -> None:
+    tokyo = quiet("21:00", "07:00", "Asia/Tokyo")
+    noon = utc(2026, 6, 15, 12, 30)  # 21:30 in Tokyo
+    assert in_quiet_hours(tokyo, noon)
+    assert quiet_hours_end(tokyo, noon) == utc(2026, 6, 15, 22, 0)  # 07:00 JST on the 16th
+    assert held_until("warning", tokyo, noon) == utc(2026, 6, 15, 22, 0)
+    assert held_until("critical", tokyo, noon) is None
+    assert not in_quiet_hours(quiet("21:00", "07:00", "UTC"), noon)
+    assert held_until("info", None, noon) is None
+
+
+def test_quiet_hours_wrap_midnight() -> None:
+    paris = quiet("22:00", "07:00", "Europe/Paris")  # CEST, UTC+2 in June
+    assert not in_quiet_hours(paris, utc(2026, 6, 15, 19, 59))
+    assert in_quiet_hours(paris, utc(2026, 6, 15, 20, 0))
+    assert in_quiet_hours(paris, utc(2026, 6, 15, 23, 30))
+    assert quiet_hours_end(paris, utc(2026, 6, 15, 23, 30)) == utc(2026, 6, 16, 5, 0)
+    assert in_quiet_hours(paris, utc(2026, 6, 16, 4, 59))
+    assert not in_quiet_hours(paris, utc(2026, 6, 16, 5, 0))
+    day = quiet("09:00", "17:00", "Europe/Paris")
+    assert in_quiet_hours(day, utc(2026, 6, 15, 7, 0)) and not in_quiet_hours(
+        day, T0.replace(hour=15)
+    )
+    assert not in_quiet_hours(quiet("08:00", "08:00", "UTC"), utc(2026, 6, 15, 8, 0))
+
+
+def test_quiet_hours_berlin_spring_forward() -> None:
+    # 2026-03-29: 02:00 CET -> 03:00 CEST at 01:00 UTC; 02:30 never shows on the clock.
+    q = quiet("22:00", "02:30", "Europe/Berlin")
+    assert in_quiet_hours(q, utc(2026, 3, 29, 0, 45))  # 01:45 CET
+    assert quiet_hours_end(q, utc(2026, 3, 29, 0, 45)) == utc(2026, 3, 29, 1, 0)  # the jump
+    assert not in_quiet_hours(q, utc(2026, 3, 29, 1, 0))  # 03:00 CEST
+    starts_in_gap = quiet("02:30", "06:00", "Europe/Berlin")
+    assert not in_quiet_hours(starts_in_gap, utc(2026, 3, 29, 0, 59))
+    assert in_quiet_hours(starts_in_gap, utc(2026, 3, 29, 1, 0))
+    assert quiet_hours_end(starts_in_gap, utc(2026, 3, 29, 1, 0)) == utc(2026, 3, 29, 4, 0)
+
+
+def test_quiet_hours_berlin_fall_back() -> None:
+    # 2026-10-25: 03:00 CEST -> 02:00 CET at 01:00 UTC; 02:00-03:00 shows twice.
+    q = quiet("22:00", "02:30", "Europe/Berlin")
+    assert in_quiet_hours(q, utc(2026, 10, 25, 0, 15))  # 02:15 CEST, the first time
+    assert quiet_hours_end(q, utc(2026, 10, 25, 0, 15)) == utc(2026, 10, 25, 0, 30)
+    assert not in_quiet_hours(q, utc(2026, 10, 25, 1, 15))  # 02:15 CET, the second time
+    night = quiet("22:00", "07:00", "Europe/Berlin")  # 10 real hours that night
+    assert in_quiet_hours(night, utc(2026, 10, 24, 20, 0))  # 22:00 CEST
+    assert quiet_hours_end(night, utc(2026, 10, 24, 20, 0)) == utc(2026, 10, 25, 6, 0)
+
+
+def test_quiet_hours_new_york_spring_forward() -> None:
+    # 2026-03-08: 02:00 EST -> 03:00 EDT at 07:00 UTC.
+    q = quiet("22:00", "07:00", "America/New_York")
+    assert in_quiet_hours(q, utc(2026, 3, 8, 3, 0))  # 22:00 EST on the 7th
+    assert in_quiet_hours(q, utc(2026, 3, 8, 10, 30))  # 06:30 EDT
+    assert quiet_hours_end(q, utc(2026, 3, 8, 10, 30)) == utc(2026, 3, 8, 11, 0)  # 07:00 EDT
+    assert not in_quiet_hours(q, utc(2026, 3, 8, 11, 0))
+    gap = quiet("02:15", "06:00", "America/New_York")
+    assert not in_quiet_hours(gap, utc(2026, 3, 8, 6, 59))  # 01:59 EST
+    assert in_quiet_hours(gap, utc(2026, 3, 8, 7, 0))  # 03:00 EDT
+
+
+def test_quiet_hours_refuse_a_bad_zone() -> None:
+    with pytest.raises(ValueError, match="timeZone"):
+        quiet("22:00", "07:00", "Mars/Olympus")
