@@ -19,11 +19,12 @@ Notifications of severity `critical` are never held (`held_until`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
+from schemas.alerts import Severity
 
 __all__ = ["QuietHours", "held_until", "in_quiet_hours", "quiet_hours_end"]
 
@@ -31,7 +32,10 @@ __all__ = ["QuietHours", "held_until", "in_quiet_hours", "quiet_hours_end"]
 _RESOLUTION: Final = timedelta(seconds=1)
 
 
-class QuietHours(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A rule's quiet hours, parsed: `start` (`from`) and `end` (`to`) local times in `zone`."""
+
     start: time
     end: time
     zone: ZoneInfo
@@ -41,7 +45,7 @@ class QuietHours(msgspec.Struct, frozen=True):
         """From the stored JSON (`from`, `to`, `timeZone`); ValueError names what is wrong."""
         try:
             zone = ZoneInfo(str(stored["timeZone"]))
-        except (ZoneInfoNotFoundError, ValueError, KeyError) as e:
+        except (ZoneInfoNotFoundError, ValueError, KeyError, OSError) as e:
             raise ValueError(f"quiet hours: bad timeZone {stored.get('timeZone')!r}") from e
         try:
             return cls(
@@ -92,7 +96,9 @@ def in_quiet_hours(quiet_hours: QuietHours | None, now: datetime) -> bool:
     return quiet_hours_end(quiet_hours, now) is not None
 
 
-def held_until(severity: str, quiet_hours: QuietHours | None, now: datetime) -> datetime | None:
+def held_until(
+    severity: Severity, quiet_hours: QuietHours | None, now: datetime
+) -> datetime | None:
     """When a notification of this severity raised at `now` may be sent: None for at once
     (critical, or outside quiet hours), else the UTC instant the quiet hours end."""
     if severity == "critical":

@@ -4,8 +4,11 @@ instant is pinned."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -379,3 +382,18 @@ def test_quiet_hours_new_york_spring_forward() -> None:
 def test_quiet_hours_refuse_a_bad_zone() -> None:
     with pytest.raises(ValueError, match="timeZone"):
         quiet("22:00", "07:00", "Mars/Olympus")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_core_imports_no_driver_and_no_other_package() -> None:
+    probe = (
+        "import sys, schemas.alert_conditions, schemas.alert_eval, schemas.quiet_hours\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(roots & {'asyncpg', 'aiohttp', 'redis', 'gateway', 'sinks', 'pipeline'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == "[]"
