@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from gateway.api.system import BUCKETS, KINDS
+from gateway.ops.openapi_paths import RULE_PATHS
 from schemas.aggregations import AGGREGATIONS
 from schemas.events import EVENT_TYPES
 from schemas.metrics import CATALOGUE
@@ -267,3 +268,6 @@ API_PATHS["/api/v1/system/performance"] = {
         },
     }
 }
+
+# Alert rules (gateway/api/rules.py): described in gateway/ops/openapi_paths.py.
+API_PATHS.update(RULE_PATHS)

@@ -23,7 +23,7 @@ from gateway.ops.openapi_components import (
 )
 from schemas.rules import HEALTH_CHECKS, KINDS, MAX_RULES_PER_USER
 
-__all__ = ["PATHS"]
+__all__ = ["PATHS", "RULE_PATHS"]
 
 _WAIT_PARAMS: Final = [
     {
@@ -301,74 +301,78 @@ _PARAMS_TEXT: Final = (
     "(a bad one is a 422 naming `$.params.expression`, with the line and column). Metrics are "
     "catalogue metrics, `quietHours.timeZone` an IANA zone; every 422 names its field."
 )
-PATHS[f"{RULES}"] = {
-    "get": {
-        "summary": "The user's alert rules, oldest first, paged",
-        "security": BEARER,
-        "parameters": [
-            _RULE_USER,
-            {"name": "limit", "in": "query",
-             "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-            {"name": "cursor", "in": "query", "description": "nextCursor of the previous page",
-             "schema": {"type": "string"}},
-        ],
-        "responses": {
-            "200": json_response(
-                {
-                    "type": "object",
-                    "required": ["userId", "rules", "nextCursor"],
-                    "properties": {
-                        "userId": {"type": "string"},
-                        "rules": {"type": "array", "items": _RULE},
-                        "nextCursor": {"type": ["string", "null"]},
+# /api/v1 operations belong to API_PATHS (gateway/ops/openapi_api.py adds these to it; the
+# test of tests/test_api_metrics.py holds API_PATHS to the /api/v1 routes served).
+RULE_PATHS: Final[dict[str, dict[str, Any]]] = {
+    RULES: {
+        "get": {
+            "summary": "The user's alert rules, oldest first, paged",
+            "security": BEARER,
+            "parameters": [
+                _RULE_USER,
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                {"name": "cursor", "in": "query", "description": "nextCursor of the previous page",
+                 "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": json_response(
+                    {
+                        "type": "object",
+                        "required": ["userId", "rules", "nextCursor"],
+                        "properties": {
+                            "userId": {"type": "string"},
+                            "rules": {"type": "array", "items": _RULE},
+                            "nextCursor": {"type": ["string", "null"]},
+                        },
                     },
-                },
-                "a page of rules",
-            ),
-            **_RULE_ERRORS,
+                    "a page of rules",
+                ),
+                **_RULE_ERRORS,
+            },
+        },
+        "post": {
+            "summary": "Create an alert rule",
+            "security": BEARER,
+            "parameters": [_RULE_USER],
+            "requestBody": {"required": True, "description": _PARAMS_TEXT, "content": {}},
+            "responses": {
+                "201": json_response(_RULE, "created"),
+                **_RULE_ERRORS,
+                **error_responses(409, 415, 422),
+                "409": error_response(f"the user has {MAX_RULES_PER_USER} rules already"),
+            },
         },
     },
-    "post": {
-        "summary": "Create an alert rule",
-        "security": BEARER,
-        "parameters": [_RULE_USER],
-        "requestBody": {"required": True, "description": _PARAMS_TEXT, "content": {}},
-        "responses": {
-            "201": json_response(_RULE, "created"),
-            **_RULE_ERRORS,
-            **error_responses(409, 415, 422),
-            "409": error_response(f"the user has {MAX_RULES_PER_USER} rules already"),
+    f"{RULES}/{{rule_id}}": {
+        "get": {
+            "summary": "One alert rule",
+            "security": BEARER,
+            "parameters": [_RULE_ID, _RULE_USER],
+            "responses": {"200": json_response(_RULE, "the rule"), **_RULE_ERRORS, **_NO_RULE},
+        },
+        "patch": {
+            "summary": "Change an alert rule",
+            "security": BEARER,
+            "parameters": [_RULE_ID, _RULE_USER],
+            "requestBody": {
+                "required": True,
+                "description": "At least one member (422 for `{}`); a new `kind` needs its "
+                "`params`, and `params` alone is checked against the stored kind. " + _PARAMS_TEXT,
+                "content": {},
+            },
+            "responses": {
+                "200": json_response(_RULE, "the changed rule"),
+                **_RULE_ERRORS,
+                **_NO_RULE,
+                **error_responses(415, 422),
+            },
+        },
+        "delete": {
+            "summary": "Delete an alert rule",
+            "security": BEARER,
+            "parameters": [_RULE_ID, _RULE_USER],
+            "responses": {"204": {"description": "deleted"}, **_RULE_ERRORS, **_NO_RULE},
         },
     },
 }  # fmt: skip
-PATHS[f"{RULES}/{{rule_id}}"] = {
-    "get": {
-        "summary": "One alert rule",
-        "security": BEARER,
-        "parameters": [_RULE_ID, _RULE_USER],
-        "responses": {"200": json_response(_RULE, "the rule"), **_RULE_ERRORS, **_NO_RULE},
-    },
-    "patch": {
-        "summary": "Change an alert rule",
-        "security": BEARER,
-        "parameters": [_RULE_ID, _RULE_USER],
-        "requestBody": {
-            "required": True,
-            "description": "At least one member (422 for `{}`); a new `kind` needs its "
-            "`params`, and `params` alone is checked against the stored kind. " + _PARAMS_TEXT,
-            "content": {},
-        },
-        "responses": {
-            "200": json_response(_RULE, "the changed rule"),
-            **_RULE_ERRORS,
-            **_NO_RULE,
-            **error_responses(415, 422),
-        },
-    },
-    "delete": {
-        "summary": "Delete an alert rule",
-        "security": BEARER,
-        "parameters": [_RULE_ID, _RULE_USER],
-        "responses": {"204": {"description": "deleted"}, **_RULE_ERRORS, **_NO_RULE},
-    },
-}
