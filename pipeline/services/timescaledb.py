@@ -150,16 +150,22 @@ def _configure(cluster: Cluster, session: Session, apache_default: bool) -> None
             "configure postgresql",
             f"{config_file} does not include_dir 'conf.d'; add that line, then run again",
         )
+    path.write_text(_conf_text(preload, int(workers), int(locks), apache_default))
+    say(f"Wrote {path}; restarting PostgreSQL {cluster.version}/{cluster.name} to load it")
+    _restart_and_check(cluster, session, path)
+
+
+def _conf_text(preload: list[str], workers: int, locks: int, apache_default: bool) -> str:
     libraries = ",".join(["timescaledb", *(lib for lib in preload if lib != "timescaledb")])
     # telemetry_level is only a placeholder in our no-telemetry build; packaged builds obey it.
-    path.write_text(
+    return (
         "# Written by `analytics services up`: TimescaleDB must be preloaded, and its background\n"
         "# workers need more than the default 8 worker processes, and queries spanning many\n"
         "# chunks more than the default 64 locks per transaction.\n"
         f"shared_preload_libraries = '{libraries}'\n"
         "timescaledb.telemetry_level = off\n"
-        f"max_worker_processes = {max(int(workers), _MIN_WORKERS)}\n"
-        f"max_locks_per_transaction = {max(int(locks), _MIN_LOCKS)}\n"
+        f"max_worker_processes = {max(workers, _MIN_WORKERS)}\n"
+        f"max_locks_per_transaction = {max(locks, _MIN_LOCKS)}\n"
         + (
             "# A full build's default is the full edition; databases choose it one by one.\n"
             "timescaledb.license = 'apache'\n"
@@ -167,7 +173,9 @@ def _configure(cluster: Cluster, session: Session, apache_default: bool) -> None
             else ""
         )
     )
-    say(f"Wrote {path}; restarting PostgreSQL {cluster.version}/{cluster.name} to load it")
+
+
+def _restart_and_check(cluster: Cluster, session: Session, path: Path) -> None:
     pg_ctl("restart postgresql", cluster, "restart")
     wait_ready("restart postgresql", cluster)
     check = "SELECT setting, sourcefile FROM pg_settings WHERE name = 'shared_preload_libraries'"
