@@ -102,6 +102,22 @@ def _pending(
     return pending
 
 
+async def _settle_once(
+    pool: asyncpg.Pool, letters: _Letters, pending: dict[Key, int], dead: dict[Key, dict[str, Any]]
+) -> None:
+    """One look at both fates: committed events leave `pending`; dead-lettered ones move to
+    `dead`. The database is asked first, so an event that has both (stored, then a later
+    stage failed) counts as committed."""
+    users, ids = zip(*pending, strict=True)
+    since = _EPOCH + timedelta(microseconds=min(pending.values()))
+    for row in await pool.fetch(_COMMITTED_SQL, list(users), list(ids), since):
+        pending.pop((row["user_id"], row["event_id"]), None)
+    if pending:
+        dead.update(await letters.read(pending))
+        for key in dead:
+            pending.pop(key, None)
+
+
 async def wait_for_fate(
     request: web.Request,
     events: Sequence[StreamEvent],
@@ -117,14 +133,7 @@ async def wait_for_fate(
         async with asyncio.timeout(wait_s):
             pool = await request.app[DB_POOL]()
             while pending:
-                users, ids = zip(*pending, strict=True)
-                since = _EPOCH + timedelta(microseconds=min(pending.values()))
-                for row in await pool.fetch(_COMMITTED_SQL, list(users), list(ids), since):
-                    pending.pop((row["user_id"], row["event_id"]), None)
-                if pending:
-                    dead.update(await letters.read(pending))
-                    for key in dead:
-                        pending.pop(key, None)
+                await _settle_once(pool, letters, pending, dead)
                 if pending:
                     await asyncio.sleep(_POLL_S)
     except TimeoutError:
