@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from gateway.auth import require_role
 from gateway.keys import DB_POOL, REDIS, SETTINGS
+from schemas.dead_letters import text
 from schemas.settings import Settings
 from schemas.streams import ALERTS_STREAM, DLQ_STREAM, METRICS_STREAM, backlog_key, events_stream
 
@@ -86,10 +87,6 @@ class StreamInfo:
     groups: list[GroupInfo]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _streams(settings: Settings) -> list[str]:
     return [
         *(events_stream(p) for p in range(settings.stream_partitions)),
@@ -133,11 +130,11 @@ async def read_streams(redis: Redis, settings: Settings) -> list[StreamInfo]:
             k += 2
             oldest: float | None = None
             if summary["pending"] and summary["min"]:
-                oldest_ms = int(_text(summary["min"]).partition("-")[0])
+                oldest_ms = int(text(summary["min"]).partition("-")[0])
                 oldest = max(0.0, (now_ms - oldest_ms) / 1000)
             infos.append(
                 GroupInfo(
-                    group=_text(g["name"]),
+                    group=text(g["name"]),
                     lag=None if g.get("lag") is None else int(g["lag"]),
                     pending=int(g["pending"]),
                     oldest_pending_age_seconds=oldest,

@@ -25,6 +25,7 @@ from gateway.ws.snapshots import SnapshotUnavailable, resync, send_snapshot
 from schemas.aggregations import AGGREGATION_METRICS
 from schemas.metrics import CATALOGUE
 from schemas.settings import Settings
+from schemas.timefmt import iso_ms
 from schemas.ws import (
     AckData,
     ClientMessage,
@@ -166,7 +167,7 @@ async def _handle(
                 ack = AckData("alerts", user)
                 session.send(_encode(Subscribed(ack) if on else Unsubscribed(ack)))
         case Ping():
-            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            now = iso_ms(datetime.now(UTC))
             session.send(_encode(Pong(PongData(now))))
         case Resume(data=d):
             await _resume(session, fanout, d.last_event_id)
