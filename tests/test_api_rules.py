@@ -531,3 +531,33 @@ async def test_migration_0007_keeps_the_seeded_rules_both_ways(scratch_db: Scrat
         )
     finally:
         await conn.close()
+
+
+async def test_paging_is_exact_to_the_microsecond(env: ApiEnv) -> None:
+    """Cursors carry created_at to the microsecond: rules at distinct, odd microseconds are each
+    listed once, in order, across pages."""
+    user = new_user("rules")
+    times = [NOW + timedelta(seconds=i, microseconds=999_999 - i) for i in range(7)]
+    async with env.pool.acquire() as conn:
+        ids = [
+            str(
+                await conn.fetchval(
+                    "INSERT INTO alert_configs (user_id, name, kind, params, created_at) "
+                    "VALUES ($1, 'r', 'nodata', '{\"seconds\": 600}', $2) RETURNING id",
+                    user,
+                    t,
+                )
+            )
+            for t in times
+        ]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        status, page, _ = await env.call("GET", RULES, user, params=params)
+        assert status == 200
+        seen += [r["id"] for r in page["rules"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == ids

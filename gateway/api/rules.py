@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -47,6 +47,9 @@ routes = web.RouteTableDef()
 RULES: Final = f"{API}/alerts/rules"
 _BODY_LIMIT: Final = 16_384
 _INVALID: Final = "invalid_rule"
+# Cursors count microseconds from here, in integers, so a cursor names its row's created_at
+# exactly (a page that started a microsecond off would repeat or skip a rule).
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
 _rule_in: Final = msgspec.json.Decoder(RuleIn)
@@ -156,7 +159,8 @@ async def list_rules(request: web.Request) -> web.Response:
     cursor = None
     if more:
         last = page[-1]
-        cursor = f"{last['created_at'].timestamp() * 1e6:.0f}.{last['id']}"
+        micros = (last["created_at"] - _EPOCH) // timedelta(microseconds=1)
+        cursor = f"{micros}.{last['id']}"
     return json_response(
         {"userId": user, "rules": [rule_json(r) for r in page], "nextCursor": cursor}
     )
@@ -167,8 +171,7 @@ def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
         return None
     try:
         micros, rule_id = raw.split(".", 1)
-        when = datetime.fromtimestamp(int(micros) / 1e6, UTC)
-        return when, uuid.UUID(rule_id)
+        return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(rule_id)
     except (ValueError, OverflowError, OSError):
         raise ApiError(400, "invalid_parameter", "cursor is not a nextCursor", "cursor") from None
 
