@@ -710,7 +710,9 @@ async def test_wait_times_out_with_pending_ids_when_no_worker_commits(
     )
     body = await assert_error(response, 504, "commit_timeout")
     assert body["pending"] == ["w-1"]
-    assert 0.5 <= time.monotonic() - started < 3
+    # Answered when the timeout passed, well before the 10 s default (a loaded CI machine may
+    # add seconds; the point is that the timeout asked for is the one applied).
+    assert 0.5 <= time.monotonic() - started < 8
     assert [e.event_id for e in await all_events(redis)] == ["w-1"]  # still in flight
 
 

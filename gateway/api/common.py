@@ -17,9 +17,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
+import msgspec
 import orjson
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from gateway.api.cache import ApiCache
 from gateway.auth import Principal, require_role
 from gateway.errors import ApiError
 from gateway.keys import DB_POOL, REDIS, SETTINGS
-from schemas.events import is_user_id
+from schemas.events import is_user_id, split_error
 from sinks.db import Conn
 
 __all__ = [
@@ -35,8 +36,10 @@ __all__ = [
     "align_down",
     "align_up",
     "cached",
+    "decode_body",
     "connection",
     "dumps",
+    "json_body",
     "json_response",
     "parse_int",
     "parse_time",
@@ -46,6 +49,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API: Final = "/api/v1"
+# Bodies the API decodes are a goal or a rule: a few hundred bytes; 16 KiB leaves room and
+# bounds what a client can make the gateway read.
+BODY_LIMIT: Final = 16_384
+T = TypeVar("T")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # A query string decodes `+` as a space, so `...T10:00:00+02:00` arrives as `... 02:00`.
 _SPACED_OFFSET: Final = re.compile(r"^(.*\d) (\d\d(?::?\d\d)?)$")
@@ -181,3 +188,29 @@ async def cached(
     if found.generation is not None:
         await cache.store(user_id, key, found.generation, body)
     return json_response(body, headers={"X-Cache": found.result})
+
+
+async def json_body(request: web.Request, limit: int = BODY_LIMIT) -> bytes:
+    """The JSON body of a write: 415 for another media type, 413 past `limit` bytes."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "expected Content-Type application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"body exceeds {limit} bytes", "$")
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(413, "payload_too_large", f"body exceeds {limit} bytes", "$")
+    return body
+
+
+def decode_body(
+    decoder: msgspec.json.Decoder[T], body: bytes, invalid: str, prefix: str = "$"
+) -> T:
+    """`body` decoded; a 422 `invalid` naming the field, or a 400 for JSON that is malformed."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        message, field = split_error(e, prefix)
+        raise ApiError(422, invalid, message, field) from None
+    except msgspec.DecodeError as e:
+        message, field = split_error(e, prefix)
+        raise ApiError(400, "malformed_json", message, field) from None

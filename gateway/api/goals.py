@@ -18,17 +18,16 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 import asyncpg
 import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.api.common import API, connection, json_response, reader
+from gateway.api.common import API, connection, decode_body, json_body, json_response, reader
 from gateway.errors import ApiError
 from gateway.keys import CLOCK, REDIS
-from schemas.events import split_error
 from schemas.metrics import CATALOGUE
 from sinks import goals as store
 from sinks.cache_generations import invalidate
@@ -43,7 +42,6 @@ routes = web.RouteTableDef()
 
 # Goals are a handful per user; the cap keeps a runaway client from growing the table.
 MAX_GOALS_PER_USER: Final = 100
-_BODY_LIMIT: Final = 16_384
 Status = Literal["active", "achieved", "missed", "cancelled"]
 # Finite and far from float limits: every sum of real metrics stays exact below this.
 Target = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
@@ -66,8 +64,6 @@ class GoalPatch(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     deadline: Deadline | msgspec.UnsetType = msgspec.UNSET
     status: Status | msgspec.UnsetType = msgspec.UNSET
 
-
-T = TypeVar("T")
 
 _goal_in: Final = msgspec.json.Decoder(GoalIn)
 _goal_patch: Final = msgspec.json.Decoder(GoalPatch)
@@ -112,28 +108,6 @@ def goal_json(goal: asyncpg.Record, current: float | None, now: datetime) -> dic
     }
 
 
-async def _body(request: web.Request) -> bytes:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "expected Content-Type application/json")
-    if request.content_length is not None and request.content_length > _BODY_LIMIT:
-        raise ApiError(413, "payload_too_large", f"body exceeds {_BODY_LIMIT} bytes", "$")
-    body = await request.read()
-    if len(body) > _BODY_LIMIT:
-        raise ApiError(413, "payload_too_large", f"body exceeds {_BODY_LIMIT} bytes", "$")
-    return body
-
-
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as e:
-        message, field = split_error(e)
-        raise ApiError(422, "invalid_goal", message, field) from None
-    except msgspec.DecodeError as e:
-        message, field = split_error(e)
-        raise ApiError(400, "malformed_json", message, field) from None
-
-
 def _check_deadline(deadline: datetime, now: datetime) -> datetime:
     if deadline <= now:
         raise ApiError(422, "invalid_goal", "deadline must be in the future", "$.deadline")
@@ -163,7 +137,7 @@ async def _current(conn: Conn, user: str, now: datetime) -> dict[str, float | No
 @routes.post(f"{API}/goals")
 async def create(request: web.Request) -> web.Response:
     _, user = reader(request)
-    goal_in = _decode(_goal_in, await _body(request))
+    goal_in = decode_body(_goal_in, await json_body(request), "invalid_goal")
     if goal_in.metric not in CATALOGUE:
         raise ApiError(422, "invalid_goal", "metric is not in the catalogue", "$.metric")
     now = request.app[CLOCK]()
@@ -225,7 +199,7 @@ async def get_goal(request: web.Request) -> web.Response:
 async def update_goal(request: web.Request) -> web.Response:
     _, user = reader(request)
     goal_id = _goal_id(request)
-    patch = _decode(_goal_patch, await _body(request))
+    patch = decode_body(_goal_patch, await json_body(request), "invalid_goal")
     now = request.app[CLOCK]()
     target = None if isinstance(patch.target_value, msgspec.UnsetType) else patch.target_value
     deadline = None

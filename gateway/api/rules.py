@@ -22,19 +22,26 @@ from __future__ import annotations
 import uuid
 import zoneinfo
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import asyncpg
 import msgspec
 import orjson
 from aiohttp import web
 
-from gateway.api.common import API, connection, json_response, parse_int, reader
+from gateway.api.common import (
+    API,
+    connection,
+    decode_body,
+    json_body,
+    json_response,
+    parse_int,
+    reader,
+)
 from gateway.api.rule_types import PARAMS, GoalParams, QuietHours, RuleIn, RulePatch
 from gateway.auth import Principal
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
-from schemas.events import split_error
 from schemas.metrics import CATALOGUE
 from schemas.rules import MAX_RULES_PER_USER, ExpressionError, check_expression
 from sinks import rules as store
@@ -45,12 +52,10 @@ __all__ = ["RULES", "routes", "rule_json"]
 routes = web.RouteTableDef()
 
 RULES: Final = f"{API}/alerts/rules"
-_BODY_LIMIT: Final = 16_384
 _INVALID: Final = "invalid_rule"
 # Cursors count microseconds from here, in integers, so a cursor names its row's created_at
 # exactly (a page that started a microsecond off would repeat or skip a rule).
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-T = TypeVar("T")
 
 _rule_in: Final = msgspec.json.Decoder(RuleIn)
 _rule_patch: Final = msgspec.json.Decoder(RulePatch)
@@ -78,28 +83,6 @@ def rule_json(rule: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-async def _body(request: web.Request) -> bytes:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "expected Content-Type application/json")
-    if request.content_length is not None and request.content_length > _BODY_LIMIT:
-        raise ApiError(413, "payload_too_large", f"body exceeds {_BODY_LIMIT} bytes", "$")
-    body = await request.read()
-    if len(body) > _BODY_LIMIT:
-        raise ApiError(413, "payload_too_large", f"body exceeds {_BODY_LIMIT} bytes", "$")
-    return body
-
-
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes, prefix: str = "$") -> T:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as e:
-        message, field = split_error(e, prefix)
-        raise ApiError(422, _INVALID, message, field) from None
-    except msgspec.DecodeError as e:
-        message, field = split_error(e, prefix)
-        raise ApiError(400, "malformed_json", message, field) from None
-
-
 def _rule_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["rule_id"])
@@ -114,7 +97,7 @@ def _check_kind(principal: Principal, kind: str) -> None:
 
 async def _params(conn: Conn, user: str, kind: str, raw: msgspec.Raw) -> str:
     """The params of `kind` in `raw`, checked, as JSON text to store."""
-    params = _decode(PARAMS[kind], bytes(raw), "$.params")
+    params = decode_body(PARAMS[kind], bytes(raw), _INVALID, "$.params")
     metric = getattr(params, "metric", None)
     if metric is not None and metric not in CATALOGUE:
         raise ApiError(422, _INVALID, "metric is not in the catalogue", "$.params.metric")
@@ -179,7 +162,7 @@ def _cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
 @routes.post(RULES)
 async def create(request: web.Request) -> web.Response:
     principal, user = reader(request)
-    rule = _decode(_rule_in, await _body(request))
+    rule = decode_body(_rule_in, await json_body(request), _INVALID)
     _check_kind(principal, rule.kind)
     quiet = _quiet_hours(rule.quiet_hours)
     now = request.app[CLOCK]()
@@ -221,7 +204,7 @@ async def get_rule(request: web.Request) -> web.Response:
 async def update_rule(request: web.Request) -> web.Response:
     principal, user = reader(request)
     rule_id = _rule_id(request)
-    patch = _decode(_rule_patch, await _body(request))
+    patch = decode_body(_rule_patch, await json_body(request), _INVALID)
     changes: dict[str, object] = {}
     for field in ("name", "severity", "for_seconds", "keep_firing_for_seconds",
                   "cooldown_seconds", "enabled"):  # fmt: skip
