@@ -225,6 +225,11 @@ BAD: list[tuple[str, dict[str, str], str]] = [
     ("/api/v1/events", {"type": "profile_view,coffee"}, "type"),
     ("/api/v1/events", {"cursor": "not-a-cursor"}, "cursor"),
     ("/api/v1/goals", {"status": "sleeping"}, "status"),
+    # The ends of Python's calendar: a default span or a bucket past them overflowed (a 500).
+    (PROFILE, {"to": "0001-01-01T00:00:00Z"}, "to"),
+    (ENGAGEMENT, {"to": "0001-01-02T00:00:00Z", "bucket": "1d"}, "to"),
+    (PROFILE, {"to": "9999-12-31T23:59:59Z", "bucket": "1d"}, "to"),
+    ("/api/v1/metrics/aggregations", {"to": "0001-01-01T00:00:00Z"}, "to"),
 ]  # fmt: skip
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "parse_int",
     "parse_time",
     "reader",
+    "span_text",
+    "time_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,40 @@ def align_down(t: datetime, width: timedelta) -> datetime:
 def align_up(t: datetime, width: timedelta) -> datetime:
     start = align_down(t, width)
     return start if start == t else start + width
+
+
+def span_text(span: timedelta) -> str:
+    if span % timedelta(days=1) == timedelta(0):
+        return f"{span.days} days"
+    return f"{span.total_seconds() / 3600:g} hours"
+
+
+def time_range(
+    request: web.Request,
+    now: datetime,
+    *,
+    default_span: timedelta,
+    max_span: timedelta,
+    width: timedelta,
+    bucket: str | None = None,
+) -> tuple[datetime, datetime]:
+    """`[start, end)` of `from` and `to` (default: `default_span` up to `now`), aligned out to
+    `width`; a 400 naming `from` or `to` for a reversed, too long or uncomputable range."""
+    to = parse_time(request, "to") or now
+    since = parse_time(request, "from")
+    try:
+        since = since or to - min(default_span, max_span)
+        start, end = align_down(since, width), align_up(to, width)
+    except OverflowError:
+        # Python's datetime ends at years 1 and 9999: a default span or a bucket past them.
+        raise ApiError(400, "invalid_parameter", "to is out of range", "to") from None
+    if since >= to:
+        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
+    if to - since > max_span:
+        why = f"; the most {bucket} buckets span" if bucket else ""
+        message = f"from is more than {span_text(max_span)} before to{why}"
+        raise ApiError(400, "invalid_parameter", message, "from")
+    return start, end
 
 
 def dumps(body: Any) -> bytes:

@@ -32,12 +32,11 @@ from aiohttp import web
 from gateway.api.common import (
     API,
     align_down,
-    align_up,
     cached,
     connection,
     json_response,
-    parse_time,
     reader,
+    time_range,
 )
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
@@ -105,40 +104,23 @@ class SeriesRange:
         return f"{self.bucket}:{self.start.timestamp():.0f}:{self.end.timestamp():.0f}"
 
 
-def _range(
-    request: web.Request, widths: Mapping[str, timedelta], now: datetime
-) -> tuple[datetime, datetime, str]:
+def series_range(request: web.Request, widths: Mapping[str, timedelta]) -> SeriesRange:
     bucket = request.query.get("bucket", "1h")
     if bucket not in widths:
         raise ApiError(
             400, "invalid_parameter", f"bucket must be one of {', '.join(widths)}", "bucket"
         )
-    max_span = _MAX_SPAN[bucket]
-    to = parse_time(request, "to") or now
-    since = parse_time(request, "from") or to - min(_DEFAULT_SPAN, max_span)
-    if since >= to:
-        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
-    if to - since > max_span:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"from is more than {max_span.days} days before to; the most {bucket} buckets span",
-            "from",
-        )
-    return since, to, bucket
-
-
-def series_range(request: web.Request, widths: Mapping[str, timedelta]) -> SeriesRange:
     now = request.app[CLOCK]()
-    since, to, bucket = _range(request, widths, now)
     width = widths[bucket]
-    return SeriesRange(
-        bucket,
-        width,
-        align_down(since, width),
-        align_up(to, width),
-        align_down(now - ROLLUP_MARGIN, width),
+    start, end = time_range(
+        request,
+        now,
+        default_span=_DEFAULT_SPAN,
+        max_span=_MAX_SPAN[bucket],
+        width=width,
+        bucket=bucket,
     )
+    return SeriesRange(bucket, width, start, end, align_down(now - ROLLUP_MARGIN, width))
 
 
 def profile_points(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
@@ -236,14 +218,13 @@ async def aggregations(request: web.Request) -> web.Response:
             "name",
         )
     names = [name] if name is not None else list(AGGREGATIONS)
-    hour = timedelta(hours=1)
-    to = parse_time(request, "to") or request.app[CLOCK]()
-    since = parse_time(request, "from") or to - _DEFAULT_SPAN
-    if since >= to:
-        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
-    if to - since > _AGGREGATION_MAX_SPAN:
-        raise ApiError(400, "invalid_parameter", "from is more than 90 days before to", "from")
-    start, end = align_down(since, hour), align_up(to, hour)
+    start, end = time_range(
+        request,
+        request.app[CLOCK](),
+        default_span=_DEFAULT_SPAN,
+        max_span=_AGGREGATION_MAX_SPAN,
+        width=timedelta(hours=1),
+    )
 
     async def compute() -> dict[str, Any]:
         async with connection(request) as conn:

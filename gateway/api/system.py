@@ -21,7 +21,7 @@ from typing import Any, Final, cast, get_args
 
 from aiohttp import web
 
-from gateway.api.common import API, align_down, align_up, connection, json_response, parse_time
+from gateway.api.common import API, connection, json_response, time_range
 from gateway.auth import require_role
 from gateway.errors import ApiError
 from gateway.keys import CLOCK
@@ -61,12 +61,6 @@ MAX_POINTS: Final = 20_000
 KINDS: Final[tuple[str, ...]] = get_args(ProcessKind)
 
 
-def _span_text(span: timedelta) -> str:
-    if span % timedelta(days=1) == timedelta(0):
-        return f"{span.days} days"
-    return f"{span.total_seconds() / 3600:g} hours"
-
-
 def _parameters(request: web.Request) -> tuple[str, datetime, datetime, ProcessKind | None]:
     """Bucket, aligned start and end, kind; a 400 naming the parameter otherwise."""
     bucket = request.query.get("bucket", _DEFAULT_BUCKET)
@@ -77,26 +71,15 @@ def _parameters(request: web.Request) -> tuple[str, datetime, datetime, ProcessK
     kind = request.query.get("kind")
     if kind is not None and kind not in KINDS:
         raise ApiError(400, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", "kind")
-    max_span = MAX_SPAN[bucket]
-    to = parse_time(request, "to") or request.app[CLOCK]()
-    since = parse_time(request, "from")
-    width = BUCKETS[bucket]
-    try:
-        since = since or to - DEFAULT_SPAN[bucket]
-        end = align_up(to, width)
-    except OverflowError:
-        # Python's datetime ends at year 1 and 9999; a default range or a bucket past it.
-        raise ApiError(400, "invalid_parameter", "to is out of range", "to") from None
-    if since >= to:
-        raise ApiError(400, "invalid_parameter", "from must be before to", "from")
-    if to - since > max_span:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"from is more than {_span_text(max_span)} before to; the most {bucket} buckets span",
-            "from",
-        )
-    return bucket, align_down(since, width), end, cast(ProcessKind | None, kind)
+    start, end = time_range(
+        request,
+        request.app[CLOCK](),
+        default_span=DEFAULT_SPAN[bucket],
+        max_span=MAX_SPAN[bucket],
+        width=BUCKETS[bucket],
+        bucket=bucket,
+    )
+    return bucket, start, end, cast(ProcessKind | None, kind)
 
 
 def _point(row: Any) -> dict[str, Any]:
