@@ -153,6 +153,9 @@ INVALID: list[tuple[str, Any, int, str, str]] = [
     ("PATCH", {}, 422, "invalid_goal", "$"),
     ("PATCH", {"status": "paused"}, 422, "invalid_goal", "$.status"),
     ("PATCH", {"deadline": "2001-01-01T00:00:00Z"}, 422, "invalid_goal", "$.deadline"),
+    # The end of the calendar: a 500 (naive and aware datetimes) before deadlines were bounded.
+    ("POST", goal_body(deadline="9999-12-31T23:59:59.999999Z"), 422, "invalid_goal", "$.deadline"),
+    ("PATCH", {"deadline": "9999-12-31T23:00:00-05:00"}, 422, "invalid_goal", "$.deadline"),
     ("PATCH", {"metric": "followers"}, 422, "invalid_goal", "$.metric"),
 ]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 import asyncpg
@@ -46,6 +46,7 @@ Status = Literal["active", "achieved", "missed", "cancelled"]
 # Finite and far from float limits: every sum of real metrics stays exact below this.
 Target = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+_DEADLINE_MAX_AHEAD: Final = timedelta(days=36_525)
 # What `create` and `_check_deadline` check after decoding, published with the structs in
 # /openapi.json (gateway/ops/openapi_bodies.py); the annotations change no decoding.
 Metric = Annotated[str, msgspec.Meta(extra_json_schema={"enum": sorted(CATALOGUE)})]
@@ -111,6 +112,9 @@ def goal_json(goal: asyncpg.Record, current: float | None, now: datetime) -> dic
 def _check_deadline(deadline: datetime, now: datetime) -> datetime:
     if deadline <= now:
         raise ApiError(422, "invalid_goal", "deadline must be in the future", "$.deadline")
+    if deadline > now + _DEADLINE_MAX_AHEAD:
+        # Near year 9999 the progress arithmetic (and the driver) leave Python's calendar.
+        raise ApiError(422, "invalid_goal", "deadline must be within 100 years", "$.deadline")
     return deadline.astimezone(UTC)
 
 
