@@ -17,6 +17,11 @@ import orjson
 
 from schemas.errors import AnalyticsError, SettingsError
 from schemas.settings import Settings, parse_duration
+from schemas.streams import ALERTING_GROUP, PROCESSOR_GROUP
+
+# The groups `--groups` accepts, all run by default (pipeline/worker.py ALL_GROUPS; the rollup
+# group's name lives with its stage, which this module does not import at start).
+_GROUPS = (PROCESSOR_GROUP, "rollup", ALERTING_GROUP)
 
 __all__ = ["main"]
 
@@ -36,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--groups",
-        default="processor,rollup",
-        help="comma-separated consumer groups to run (default: processor,rollup)",
+        default=",".join(_GROUPS),
+        help="comma-separated consumer groups to run (default: processor,rollup,alerting)",
     )
 
     migrate = sub.add_parser("migrate", help="database schema migrations")
@@ -233,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_seed(settings, args))
         if args.command == "maintenance":
             return asyncio.run(_maintenance(settings, args.action))
-        groups = tuple(g.strip() for g in getattr(args, "groups", "processor,rollup").split(","))
-        unknown = set(groups) - {"processor", "rollup"}
+        groups = tuple(g.strip() for g in getattr(args, "groups", ",".join(_GROUPS)).split(","))
+        unknown = set(groups) - set(_GROUPS)
         if unknown:
             print(f"analytics: unknown group(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2

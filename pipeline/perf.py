@@ -22,7 +22,7 @@ import redis.asyncio as redis
 from pipeline.prom import BATCH_ROWS
 from pipeline.stages.rollup import ROLLUP_GROUP
 from schemas.settings import Settings
-from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, events_stream
+from schemas.streams import ALERTING_GROUP, METRICS_STREAM, PROCESSOR_GROUP, events_stream
 from sinks.perf_sampler import Sampler, Totals, histogram_buckets, metric_value, read_lag
 from sinks.timescale import COPY_SECONDS, ROWS_WRITTEN
 
@@ -59,6 +59,8 @@ def start_sampler(
         pairs += [(events_stream(p), PROCESSOR_GROUP) for p in range(settings.stream_partitions)]
     if ROLLUP_GROUP in groups:
         pairs.append((METRICS_STREAM, ROLLUP_GROUP))
+    if ALERTING_GROUP in groups:
+        pairs.append((METRICS_STREAM, ALERTING_GROUP))
 
     async def lag() -> dict[str, int]:
         return await read_lag(client, pairs)

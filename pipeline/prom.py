@@ -6,6 +6,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 __all__ = [
+    "ALERTS_EVALUATED",
+    "ALERTS_NOTIFIED",
+    "ALERT_TRANSITIONS",
     "BATCH_ROWS",
     "BATCH_SECONDS",
     "DEAD_LETTERS",
@@ -31,4 +34,13 @@ RECLAIMED = Counter(
 )
 STAGE_ERRORS = Counter(
     "ia_stage_errors_total", "Failed batch attempts, by stage and kind.", ["stage", "kind"]
+)
+ALERTS_EVALUATED = Counter(
+    "ia_alerts_evaluated_total", "Alert rule evaluations by the alerting group (one per rule)."
+)
+ALERT_TRANSITIONS = Counter(
+    "ia_alert_transitions_total", "Alert state transitions committed, by the state entered.", ["to"]
+)
+ALERTS_NOTIFIED = Counter(
+    "ia_alerts_notified_total", "Alerts appended to ia:alerts, by state.", ["state"]
 )

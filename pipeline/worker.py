@@ -16,10 +16,17 @@ from pipeline.maintenance import run_scheduled
 from pipeline.perf import start_sampler
 from pipeline.processor import Processor
 from pipeline.runner import Runner
+from pipeline.stages.alerting import AlertingStage
 from pipeline.stages.rollup import ROLLUP_GROUP, RollupStage
 from pipeline.trimming import trim_metrics_stream
 from schemas.settings import Settings
-from schemas.streams import METRICS_STREAM, PROCESSOR_GROUP, backlog_key, events_stream
+from schemas.streams import (
+    ALERTING_GROUP,
+    METRICS_STREAM,
+    PROCESSOR_GROUP,
+    backlog_key,
+    events_stream,
+)
 from sinks.db import create_pool
 from sinks.perf_sampler import Totals
 from sinks.rollups import edition
@@ -66,7 +73,7 @@ def open_redis(settings: Settings, *, max_connections: int = 32) -> redis.Redis:
     return redis.Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
 
-ALL_GROUPS: Final = (PROCESSOR_GROUP, ROLLUP_GROUP)
+ALL_GROUPS: Final = (PROCESSOR_GROUP, ROLLUP_GROUP, ALERTING_GROUP)
 
 
 async def run_worker(
@@ -116,6 +123,8 @@ async def _build_runners(
         runners += _processor_runners(settings, client, pool)
     if ROLLUP_GROUP in groups:
         runners.append(await _rollup_runner(settings, client, pool))
+    if ALERTING_GROUP in groups:
+        runners.append(_alerting_runner(settings, client, pool))
     return runners
 
 
@@ -150,6 +159,20 @@ async def _rollup_runner(settings: Settings, client: redis.Redis, pool: asyncpg.
         streams=[METRICS_STREAM],
         handler=RollupStage(pool, client, full=full_edition),
         stage="rollup",
+        trim=False,
+    )
+
+
+def _alerting_runner(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> Runner:
+    # Like the rollup group, it never trims ia:metrics (the gateways' replay log); the
+    # worker's trim waits for its acknowledgements.
+    return Runner(
+        redis=client,
+        settings=settings,
+        group=ALERTING_GROUP,
+        streams=[METRICS_STREAM],
+        handler=AlertingStage(pool, client),
+        stage="alerting",
         trim=False,
     )
 

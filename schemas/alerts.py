@@ -1,8 +1,8 @@
 """The `ia:alerts` entry: what the alerting stage appends and every gateway's fan-out reads.
 
-One entry per fired alert, fields `v` (the format version, `1`) and `alert` (the `Alert` below
-as JSON, camelCase). The producer (the alerting stage) does not exist yet; this is the contract
-it will write to, and tests append entries with `alert_entry()` exactly as it will.
+One entry per announced alert, fields `v` (the format version, `1`), `alert` (the `Alert` below
+as JSON, camelCase) and, from the alerting group (pipeline/stages/alerting.py), `state`
+(`firing` or `resolved`; absent: firing). `alert_entry()` builds the fields.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from schemas.events import UserId
 __all__ = [
     "ALERT_ENTRY_VERSION",
     "ALERT_FIELD",
+    "STATE_FIELD",
+    "AlertEntryState",
     "Alert",
     "Severity",
     "alert_decoder",
@@ -25,6 +27,9 @@ __all__ = [
 # Bumped only for an incompatible change; readers skip (and count) versions they do not know.
 ALERT_ENTRY_VERSION: Final = 1
 ALERT_FIELD: Final = "alert"
+# Whether the entry announces a firing or its end; absent means firing.
+STATE_FIELD: Final = "state"
+AlertEntryState = Literal["firing", "resolved"]
 
 Severity = Literal["info", "warning", "critical"]
 # RFC 3339 with a zone, as the worker writes `asOf` (`2025-01-31T12:00:00.000Z`).
@@ -54,6 +59,11 @@ alert_decoder: Final = msgspec.json.Decoder(Alert)
 _encoder: Final = msgspec.json.Encoder()
 
 
-def alert_entry(alert: Alert) -> dict[str, Any]:
-    """The stream fields of one alert, ready for XADD."""
-    return {"v": ALERT_ENTRY_VERSION, ALERT_FIELD: _encoder.encode(alert)}
+def alert_entry(alert: Alert, state: AlertEntryState | None = None) -> dict[str, Any]:
+    """The stream fields of one alert, ready for XADD. `state` (`firing` or `resolved`), when
+    given, is a third field, `state`: readers that do not know it read the alert as before
+    (the field is absent from entries written before the alerting group, which all fired)."""
+    fields: dict[str, Any] = {"v": ALERT_ENTRY_VERSION, ALERT_FIELD: _encoder.encode(alert)}
+    if state is not None:
+        fields[STATE_FIELD] = state
+    return fields

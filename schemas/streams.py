@@ -10,6 +10,7 @@ import zlib
 from typing import Final
 
 __all__ = [
+    "ALERTING_GROUP",
     "ALERTS_STREAM",
     "DLQ_STREAM",
     "METRICS_STREAM",
@@ -42,6 +43,9 @@ DLQ_STREAM: Final = "ia:dlq"
 
 # The consumer group that validates, enriches and stores events.
 PROCESSOR_GROUP: Final = "processor"
+# The consumer group on ia:metrics that evaluates the alert rules whose metrics an entry changed
+# (pipeline/stages/alerting.py); ia:metrics is trimmed only below what it acknowledged.
+ALERTING_GROUP: Final = "alerting"
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -459,7 +459,7 @@ async def test_migration_0007_keeps_the_seeded_rules_both_ways(scratch_db: Scrat
         await conn.executemany(_OLD_SEED, _OLD_ROWS)
         before = await _old_rows(conn)
 
-        assert [m.version for m in await runner.up(conn)] == [7]
+        assert [m.version for m in await runner.up(conn, target=7)] == [7]
         rows = await conn.fetch(
             "SELECT name, kind, params::text, channels::text, for_seconds, quiet_hours "
             "FROM alert_configs ORDER BY name"

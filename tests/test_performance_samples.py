@@ -228,7 +228,7 @@ async def test_worker_samples_batch_size_copy_latency_and_lag(env: Env) -> None:
     assert idle and all(r["copy_latency_p99_s"] is None for r in idle)
     assert max(r["events_out_per_s"] for r in rows) > 0
     assert all(r["ws_connections"] is None for r in rows)
-    assert set(extra(rows[-1])["lag"]) == {"processor", "rollup"}
+    assert set(extra(rows[-1])["lag"]) == {"processor", "rollup", "alerting"}
 
 
 async def test_analytics_up_samples_once_as_kind_all(
