@@ -25,11 +25,14 @@ CREATE TABLE alert_states (
 -- 0002, alert_history_user_time_alert (user_id, time DESC, alert_id), which holds both
 -- partitioning columns, already refuses a transition written twice (the stage inserts with
 -- ON CONFLICT DO NOTHING). A custom or no-data rule has no single value or threshold.
+-- `values` has no default: the full edition refuses a column with a non-constant default
+-- (a jsonb cast is one) on a hypertable with compression enabled; the stage always writes it,
+-- and rows from before this migration read as null.
 ALTER TABLE alert_history
     ADD COLUMN from_state text,
     ADD COLUMN to_state text,
     ADD COLUMN seq integer,
-    ADD COLUMN "values" jsonb NOT NULL DEFAULT '{}'::jsonb,
+    ADD COLUMN "values" jsonb,
     ADD COLUMN reason text,
     ALTER COLUMN value DROP NOT NULL,
     ALTER COLUMN threshold DROP NOT NULL;
